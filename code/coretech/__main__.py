@@ -1,0 +1,3 @@
+from coretech.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""Loading our own YAML settings into dataclasses that reject unknown keys and check themselves.
+
+LLaMA-Factory recipes are validated by LLaMA-Factory's own parser (see ``preflight``); this module
+is for CoreTech's settings: pipelines, corpus mixtures, SFT/curriculum and scoring options. A typo
+in a key must fail loudly with the file and the key, never fall back to a default silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from coretech.errors import CoreTechError
+
+T = TypeVar("T")
+
+
+class ConfigError(CoreTechError):
+    """A settings file with an unknown key, a wrong type or a value that fails its own check."""
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader; errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    return data
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if origin is typing.Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
+        return value
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return build_dataclass(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        (item_tp, *_) = get_args(tp) or (Any,)
+        items = [_convert(item, item_tp, f"{where}[{i}]") for i, item in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        _, value_tp = get_args(tp) or (Any, Any)
+        return {k: _convert(v, value_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is Path and isinstance(value, str):
+        return Path(value)
+    if isinstance(tp, type):
+        if tp is int and isinstance(value, bool):
+            raise ConfigError(f"{where}: expected int, got bool")
+        if not isinstance(value, tp):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def build_dataclass(cls: type[T], data: dict[str, Any], where: str) -> T:
+    """Build ``cls`` from a mapping; unknown keys and wrong types raise ConfigError naming ``where.key``.
+
+    After construction, a ``check()`` method on the dataclass (if any) runs so each settings class
+    states its own invariants next to its fields.
+    """
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(value, hints[name], f"{where}.{name}")
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where}: missing required key {missing[0]!r}")
+    instance = cls(**kwargs)
+    check = getattr(instance, "check", None)
+    if callable(check):
+        try:
+            check()
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return instance
+
+
+def load_dataclass(cls: type[T], path: str | Path) -> T:
+    """Load a YAML file into ``cls``; the file path prefixes every error."""
+    return build_dataclass(cls, load_yaml(path), str(path))

