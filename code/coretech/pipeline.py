@@ -26,6 +26,8 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -587,6 +589,44 @@ def _wait_for(path: Path, what: str, timeout: float = 7 * 24 * 3600) -> None:
         time.sleep(5)
 
 
+def refuse_if_still_running(config_path: Path, name: str) -> None:
+    """Training ranks of an earlier, killed run may outlive it (torchrun starts each rank in its own
+    session, so killing the runner's process group leaves them). Two generations of ranks writing
+    one output folder would corrupt its checkpoints: refuse, and say which processes to stop."""
+    import psutil
+
+    needle = str(config_path)
+    alive = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if needle in (process.info["cmdline"] or []):
+                alive.append(process.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    if alive:
+        pids = " ".join(str(p) for p in sorted(alive))
+        raise CoreTechError(
+            f"stage {name}: processes of an earlier run are still training on {config_path} (pids {pids}); "
+            f"stop them (kill {pids}) before rerunning"
+        )
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """One runner per run folder: a second `coretech run` on the same folder fails at once."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / ".coretech.lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CoreTechError(
+                f"{run_dir} is in use by another `coretech run`; wait for it or pick --run-dir"
+            ) from None
+        yield
+
+
 def _run_stage(ctx: RunContext, stage: ResolvedStage, upstream_fp: str) -> str:
     name = stage.spec.name
     fp = fingerprint(stage.config, stage.export_config, upstream_fp, _dataset_fingerprint(stage))
@@ -615,10 +655,21 @@ def _run_stage(ctx: RunContext, stage: ResolvedStage, upstream_fp: str) -> str:
     else:
         _wait_for(config_path, f"stage {name}'s config")
     check_launch_path(config_path, "stage config")
+    if not ctx.dry_run:
+        refuse_if_still_running(config_path, name)
     resuming = any(stage.output_dir.glob("checkpoint-*"))
     _say(f"{name}: training{' (resuming from checkpoint)' if resuming else ''} → {stage.stage_dir}/train.log")
     argv = [llamafactory_cli(), "train", str(config_path)]
-    _launch(ctx, name, argv, ctx.launch.environment(), stage.stage_dir, "train")
+    try:
+        _launch(ctx, name, argv, ctx.launch.environment(), stage.stage_dir, "train")
+    except StageFailed as exc:
+        if ctx.is_main_node:
+            ctx.manifest.record(
+                "stages",
+                name,
+                {"status": "failed", "fingerprint": fp, "output_dir": str(stage.output_dir), "error": str(exc)},
+            )
+        raise
     if not ctx.is_main_node:
         return fp
     if ctx.dry_run:
@@ -837,6 +888,22 @@ def run_pipeline(
     spec, stage_overrides = load_pipeline(pipeline, overrides)
     run_dir = Path(run_dir or Path("runs") / spec.name)
     launch = spec.launch.with_environment()
+    if dry_run or launch.node_rank > 0:  # worker nodes share node 0's run folder: no lock of their own
+        return _run_pipeline(spec, stage_overrides, pipeline, run_dir, launch, dry_run, fresh, started)
+    with run_lock(run_dir):
+        return _run_pipeline(spec, stage_overrides, pipeline, run_dir, launch, dry_run, fresh, started)
+
+
+def _run_pipeline(
+    spec: PipelineSpec,
+    stage_overrides: dict[str, dict[str, Any]],
+    pipeline: Path,
+    run_dir: Path,
+    launch: LaunchSettings,
+    dry_run: bool,
+    fresh: bool,
+    started: float,
+) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     if fresh and (run_dir / MANIFEST).exists() and not dry_run:
         (run_dir / MANIFEST).unlink()

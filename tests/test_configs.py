@@ -1,0 +1,155 @@
+"""Configs are the product: every YAML under configs/ (recursively) is checked as what it is.
+
+* LLaMA-Factory recipes: every key is a field of LLaMA-Factory's argument dataclasses (and typed
+  right), every dataset exists in the dataset_info.json the prepare step writes, the DeepSpeed
+  config and model paths exist, and stage k+1 starts from stage k's output.
+* Our own settings (pipelines, prepare_*.yaml) load into their dataclasses, which reject unknown keys.
+* Every path a README names exists.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from coretech.pipeline import load_pipeline, planned_datasets
+from coretech.preflight import check_deepspeed_config, check_llamafactory_config, check_model_path
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml"))
+MODEL_DIRS = sorted(p.name for p in (REPO / "configs").iterdir() if p.is_dir() and (p / "cpt.yaml").exists())
+
+
+def kind_of(path: Path) -> str:
+    if path.parts[1] == "pipelines":
+        return "pipeline"
+    if path.name.startswith("prepare_"):
+        return "prepare"
+    if path.parts[1] == "eval":
+        return "eval"
+    data = yaml.safe_load((REPO / path).read_text(encoding="utf-8"))
+    if "export_dir" in data:
+        return "export"
+    if "stage" in data:
+        return "train"
+    return "infer"
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def test_there_are_configs_of_every_kind():
+    kinds = {kind_of(p) for p in CONFIGS}
+    assert {"pipeline", "prepare", "train", "export", "infer"} <= kinds
+    assert MODEL_DIRS == ["qwen2.5-7b", "smollm2-135m"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=str)
+def test_config_is_valid(path: Path):
+    kind = kind_of(path)
+    if kind == "pipeline":
+        spec, _ = load_pipeline(path)
+        for stage in spec.stages:
+            assert stage.recipe.is_file(), f"{path}: stage {stage.name} recipe {stage.recipe} missing"
+            if stage.merge:
+                assert stage.merge.is_file()
+        if spec.predict:
+            assert spec.predict.recipe.is_file()
+        for scheme in spec.evaluate.scheme if spec.evaluate else []:
+            assert scheme.is_file()
+        return
+    if kind == "prepare":
+        if path.name == "prepare_cpt.yaml":
+            from coretech.data.cpt import load_cpt_config
+
+            load_cpt_config(path)
+        else:
+            from coretech.data.sft import load_sft_config
+
+            load_sft_config(path)
+        return
+    if kind == "eval":
+        assert isinstance(yaml.safe_load(path.read_text(encoding="utf-8")), dict)
+        return
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    lf_kind = "export" if kind in ("export", "infer") else "train"
+    assert check_llamafactory_config(config, path, lf_kind) == []
+    if config.get("deepspeed"):
+        assert check_deepspeed_config(Path(config["deepspeed"]), str(path)) == []
+    model = str(config["model_name_or_path"])
+    produced_by_a_stage = model.startswith("saves/")
+    if not produced_by_a_stage and model != "models/smollm2-135m-instruct":  # the embedded model is made on demand
+        assert check_model_path(model, str(path)) == []
+    assert config.get("trust_remote_code", False) is False, "trust_remote_code stays off unless a recipe needs it"
+
+
+@pytest.mark.parametrize("model_dir", MODEL_DIRS)
+def test_stage_k_plus_1_starts_from_stage_k(model_dir: str):
+    folder = Path("configs") / model_dir
+    load = lambda name: yaml.safe_load((folder / name).read_text(encoding="utf-8"))  # noqa: E731
+    cpt, merge = load("cpt.yaml"), load("merge_cpt.yaml")
+    assert merge["model_name_or_path"] == cpt["model_name_or_path"]
+    assert merge["adapter_name_or_path"] == cpt["output_dir"]
+    previous = None
+    for k in (1, 2, 3):
+        stage = load(f"sft_stage{k}.yaml")
+        assert stage["model_name_or_path"] == merge["export_dir"]
+        assert stage.get("adapter_name_or_path") == previous
+        assert stage["dataset"] == f"coretech_sft_stage{k}"
+        assert stage.get("disable_shuffling") is True, "a curriculum stage keeps its easy → hard order"
+        previous = stage["output_dir"]
+    shuffled = load("sft_shuffled.yaml")
+    assert shuffled["model_name_or_path"] == merge["export_dir"]
+    assert "adapter_name_or_path" not in shuffled
+    assert not shuffled.get("disable_shuffling", False)
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parts[1] == "pipelines"], ids=str)
+def test_every_dataset_a_recipe_names_is_produced_by_the_prepare_step(path: Path):
+    spec, _ = load_pipeline(path)
+    produced = planned_datasets(spec)
+    for stage in spec.stages:
+        recipe = yaml.safe_load(stage.recipe.read_text(encoding="utf-8"))
+        for name in str(recipe["dataset"]).split(","):
+            assert name.strip() in produced, f"{stage.recipe}: dataset {name} is not produced by {path}"
+    if spec.predict:
+        assert spec.predict.dataset in produced
+
+
+def test_demo_datasets_exist_in_the_dataset_info_the_prepare_step_writes(prepared_demo_data: Path):
+    import json
+
+    info = json.loads((prepared_demo_data / "dataset_info.json").read_text(encoding="utf-8"))
+    spec, _ = load_pipeline("configs/pipelines/demo.yaml")
+    assert planned_datasets(spec) <= set(info)
+    for name, entry in info.items():
+        assert (prepared_demo_data / entry["file_name"]).exists(), f"{name}: {entry['file_name']} missing"
+
+
+_PATH_IN_README = re.compile(r"`((?:configs|data|code|tests|benchmarks|docs|\.ci)/[^`\s*]+?)`")
+
+
+READMES = sorted(
+    p.relative_to(REPO)
+    for p in [
+        REPO / "README.md",
+        *REPO.glob("configs/**/README.md"),
+        *REPO.glob("docs/*.md"),
+        *REPO.glob("data/**/README.md"),
+    ]
+    if p.exists()
+)
+
+
+@pytest.mark.parametrize("readme", READMES, ids=str)
+def test_every_path_a_readme_names_exists(readme: Path):
+    text = (REPO / readme).read_text(encoding="utf-8")
+    missing = [m for m in _PATH_IN_README.findall(text) if not (REPO / m.rstrip("/.,:")).exists() and "<" not in m]
+    # Outputs of a run (data/prepared/...) are made by commands, not shipped.
+    missing = [m for m in missing if not m.startswith("data/prepared")]
+    assert missing == [], f"{readme} names paths that do not exist: {missing}"

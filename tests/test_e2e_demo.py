@@ -1,0 +1,126 @@
+"""End to end, for real: the demo pipeline on a reduced budget, then resume, then a failing stage.
+
+Real ``llamafactory-cli``, real torchrun with 2 processes, real DeepSpeed ZeRO-3, the real embedded
+SmolLM2 model; only the budget is small (2 optimizer steps per stage, 6 test prompts). The tests in
+this module share one run folder and run in order: the later ones check what a rerun reuses.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ["cpt", "sft_stage1", "sft_stage2", "sft_stage3", "sft_shuffled"]
+MODELS = ["base", *STAGES]
+BUDGET = ["train.max_steps=2", "train.save_steps=1000", "predict.max_samples=6"]
+
+
+def coretech(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "coretech", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, embedded_model) -> tuple[Path, subprocess.CompletedProcess]:
+    run_dir = tmp_path_factory.mktemp("e2e") / "demo"
+    result = coretech("run", "configs/pipelines/demo.yaml", "--run-dir", str(run_dir), *BUDGET)
+    return run_dir, result
+
+
+def test_demo_runs_every_stage_through_torchrun_and_deepspeed_zero3(demo_run):
+    run_dir, result = demo_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in STAGES:
+        folder = run_dir / stage
+        config = (folder / "config.yaml").read_text()
+        command = (folder / "command.txt").read_text()
+        log = (folder / "train.log").read_text(errors="replace")
+        assert "deepspeed:" in config and "ds_z3_config.json" in config
+        assert "export FORCE_TORCHRUN=1" in command and "export NPROC_PER_NODE=2" in command
+        assert f"llamafactory-cli train {folder / 'config.yaml'}" in command
+        assert "world size: 2" in log, f"{stage}: the log does not show 2 processes"
+        assert "Detected DeepSpeed ZeRO-3" in log, f"{stage}: ZeRO-3 was not active"
+        assert (folder / "output" / "adapter_model.safetensors").is_file()
+    assert (run_dir / "cpt" / "merged" / "model.safetensors").is_file()
+    assert "llamafactory-cli export" in (run_dir / "cpt" / "export_command.txt").read_text()
+
+
+def test_stages_are_chained_and_the_ablation_matches_the_curriculum_steps(demo_run):
+    run_dir, _ = demo_run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    stages = manifest["stages"]
+    assert [stages[s]["global_step"] for s in STAGES] == [2, 2, 2, 2, 6]
+    s2 = (run_dir / "sft_stage2" / "config.yaml").read_text()
+    assert f"adapter_name_or_path: {run_dir / 'sft_stage1' / 'output'}" in s2
+    assert f"model_name_or_path: {run_dir / 'cpt' / 'merged'}" in s2
+
+
+def test_metrics_table_has_a_row_per_model_with_the_contract_keys(demo_run):
+    run_dir, result = demo_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert list(metrics) == MODELS
+    for name in MODELS:
+        row = metrics[name]
+        assert row["n"] == 6
+        for level in ("section", "class", "subclass", "main_group", "subgroup"):
+            for measure in ("precision", "recall", "f1"):
+                assert 0.0 <= row[f"ipc.{level}.{measure}"] <= 1.0 or row[f"ipc.{level}.{measure}"] is None
+        for key in ("ipc.invalid_rate", "tech.f1", "rouge_l", "bleu_4"):
+            assert key in row
+        lines = (run_dir / "predict" / name / "generated_predictions.jsonl").read_text().splitlines()
+        assert len(lines) == 6 and all({"prompt", "predict", "label"} <= set(json.loads(x)) for x in lines)
+    report = (run_dir / "report.md").read_text()
+    assert "## Metrics" in report and "sft_shuffled" in report and "f1_by_level.png" in report
+    assert (run_dir / "eval" / "f1_by_level.png").stat().st_size > 1000
+    for name in MODELS:
+        assert name in result.stdout  # the table is printed in the terminal
+
+
+def test_rerun_skips_every_finished_stage(demo_run):
+    run_dir, _ = demo_run
+    before = {s: (run_dir / s / "output" / "adapter_model.safetensors").stat().st_mtime_ns for s in STAGES}
+    result = coretech("run", "configs/pipelines/demo.yaml", "--run-dir", str(run_dir), *BUDGET, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in STAGES:
+        assert f"{stage}: unchanged since the last run, skipping" in result.stdout
+        assert (run_dir / stage / "output" / "adapter_model.safetensors").stat().st_mtime_ns == before[stage]
+
+
+def test_failing_stage_stops_the_run_with_one_line_and_keeps_earlier_outputs(demo_run):
+    run_dir, _ = demo_run
+    cpt_weights = run_dir / "cpt" / "merged" / "model.safetensors"
+    cpt_mtime = cpt_weights.stat().st_mtime_ns
+    # A module name that passes every static check but makes PEFT fail once the model is loaded.
+    result = coretech(
+        "run",
+        "configs/pipelines/demo.yaml",
+        "--run-dir",
+        str(run_dir),
+        *BUDGET,
+        "sft_stage2.lora_target=no_such_proj",
+        timeout=900,
+    )
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    assert "stage sft_stage2 (train) failed with exit status" in error_lines[0]
+    assert f"log: {run_dir / 'sft_stage2' / 'train.log'}" in error_lines[0]
+    assert "sft_stage3: training" not in result.stdout  # no later stage ran
+    assert cpt_weights.stat().st_mtime_ns == cpt_mtime
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["cpt"]["status"] == "done"
+    assert manifest["stages"]["sft_stage1"]["status"] == "done"
+    assert manifest["stages"]["sft_stage2"]["status"] == "failed"
