@@ -74,7 +74,9 @@ def test_config_is_valid(path: Path):
             load_sft_config(path)
         return
     if kind == "eval":
-        assert isinstance(yaml.safe_load(path.read_text(encoding="utf-8")), dict)
+        from coretech.eval.general import load_general_config
+
+        load_general_config(path)
         return
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
     lf_kind = "export" if kind in ("export", "infer") else "train"

@@ -493,15 +493,20 @@ def _say(message: str) -> None:
     print(f"[coretech] {message}", flush=True)
 
 
-def _prepare(ctx: RunContext) -> str:
-    """Build the embedded model and the datasets, unless their inputs are unchanged since last time."""
-    spec = ctx.spec
-    data_dir = ctx.run_dir / "data"
+def prepare_fingerprint(spec: PipelineSpec) -> str:
+    """Fingerprint of the prepare step: its settings files and every input file they name."""
     inputs = [p for p in (spec.data.cpt, spec.data.sft) if p]
     named: list[Path] = []
     for section in inputs:
         named += _paths_named_in(load_yaml(section))
-    fp = fingerprint("prepare", [str(p) for p in inputs], paths=[*inputs, *sorted(set(named))])
+    return fingerprint("prepare", [str(p) for p in inputs], paths=[*inputs, *sorted(set(named))])
+
+
+def _prepare(ctx: RunContext) -> str:
+    """Build the embedded model and the datasets, unless their inputs are unchanged since last time."""
+    spec = ctx.spec
+    data_dir = ctx.run_dir / "data"
+    fp = prepare_fingerprint(spec)
     if ctx.dry_run:
         _say(f"prepare: in-process: coretech prepare cpt/sft → {data_dir}")
         return fp
@@ -580,13 +585,23 @@ def _launch(ctx: RunContext, name: str, argv: list[str], env_extra: dict[str, st
         raise StageFailed(f"stage {name} ({log}) failed with exit status {status}; log: {log_path}")
 
 
-def _wait_for(path: Path, what: str, timeout: float = 7 * 24 * 3600) -> None:
-    """Worker nodes wait for node 0 to write a stage's config (shared run folder required)."""
+def _wait_for_manifest(
+    ctx: RunContext, section: str, name: str, fp: str, what: str, timeout: float = 7 * 24 * 3600
+) -> str:
+    """Worker nodes follow node 0 through the shared run folder: they wait until node 0's manifest
+    shows this step, with the same fingerprint, running or done. Returns that status."""
     started = time.monotonic()
-    while not path.exists():
+    while True:
+        entry = Manifest(ctx.manifest.path).data[section].get(name, {})
+        if entry.get("fingerprint") == fp and entry.get("status") in {"running", "done"}:
+            return entry["status"]
+        if entry.get("fingerprint") == fp and entry.get("status") == "failed":
+            raise StageFailed(f"{what}: node 0 reports a failure ({entry.get('error', 'see its log')})")
         if time.monotonic() - started > timeout:
-            raise CoreTechError(f"timed out waiting for {what} at {path}; is node 0 running this pipeline?")
-        time.sleep(5)
+            raise CoreTechError(
+                f"timed out waiting for {what}; is node 0 running this pipeline on a shared run folder?"
+            )
+        time.sleep(2)
 
 
 def refuse_if_still_running(config_path: Path, name: str) -> None:
@@ -630,6 +645,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 def _run_stage(ctx: RunContext, stage: ResolvedStage, upstream_fp: str) -> str:
     name = stage.spec.name
     fp = fingerprint(stage.config, stage.export_config, upstream_fp, _dataset_fingerprint(stage))
+    worker = not ctx.is_main_node and not ctx.dry_run
+    if worker and _wait_for_manifest(ctx, "stages", name, fp, f"stage {name}") == "done":
+        _say(f"{name}: finished on node 0, skipping")
+        return fp
     finished = ctx.manifest.done("stages", name, fp)
     if finished and _has_weights(Path(finished["model"] if not finished.get("adapter") else finished["adapter"])):
         _say(f"{name}: unchanged since the last run, skipping (output {finished['output_dir']})")
@@ -652,8 +671,6 @@ def _run_stage(ctx: RunContext, stage: ResolvedStage, upstream_fp: str) -> str:
                 "stages", name, {"status": "running", "fingerprint": fp, "output_dir": str(stage.output_dir)}
             )
         write_text_atomic(config_path, dump_config(stage.config, header))
-    else:
-        _wait_for(config_path, f"stage {name}'s config")
     check_launch_path(config_path, "stage config")
     if not ctx.dry_run:
         refuse_if_still_running(config_path, name)
@@ -916,8 +933,8 @@ def _run_pipeline(
     if ctx.is_main_node:
         prepare_fp = _prepare(ctx)
     else:
-        _wait_for(run_dir / "data" / "dataset_info.json", "the prepared datasets")
-        prepare_fp = "worker"
+        prepare_fp = prepare_fingerprint(spec)
+        _wait_for_manifest(ctx, "steps", "prepare", prepare_fp, "the prepared datasets")
     if not dry_run:
         preflight(spec, stages, run_dir, after_prepare=True)
     if ctx.is_main_node:
