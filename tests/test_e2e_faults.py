@@ -111,3 +111,51 @@ def test_two_runners_on_one_run_folder_are_refused(tmp_path):
 
     with run_lock(tmp_path), pytest.raises(CoreTechError, match="in use by another"), run_lock(tmp_path):
         pass
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_two_nodes_on_loopback_train_one_stage_together(tmp_path, embedded_model):
+    """A real two-node launch: two `coretech run` processes with NNODES=2 and NODE_RANK 0 and 1, one
+    rank each, meeting at MASTER_ADDR:MASTER_PORT on loopback and sharing the run folder (as nodes
+    share a file system). Node 1 follows node 0's manifest and only joins the training."""
+    pipeline = tmp_path / "two_nodes.yaml"
+    pipeline.write_text(
+        yaml.safe_dump(
+            {
+                "name": "two-nodes",
+                "base_model": "models/smollm2-135m-instruct",
+                "embedded_model": True,
+                "launch": {"nproc_per_node": 1},
+                "data": {"cpt": "configs/smollm2-135m/prepare_cpt.yaml"},
+                "stages": [{"name": "cpt", "recipe": "configs/smollm2-135m/cpt.yaml"}],
+            }
+        )
+    )
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "coretech", "run", str(pipeline), "--run-dir", str(run_dir), "train.max_steps=2"]
+    port = str(_free_port())
+    nodes = []
+    for rank in (0, 1):
+        env = dict(os.environ, NNODES="2", NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        nodes.append(
+            subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
+    outputs = [node.communicate(timeout=1500)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    node0_log = (run_dir / "cpt" / "train.log").read_text(errors="replace")
+    node1_log = (run_dir / "cpt" / "train.node1.log").read_text(errors="replace")
+    assert "world size: 2" in node0_log and "Multi-node training enabled: num nodes: 2, node rank: 0" in node0_log
+    assert "world size: 2" in node1_log
+    assert "export NODE_RANK=1" in (run_dir / "cpt" / "command.node1.txt").read_text()
+    assert "worker node" in outputs[1]
+    state = json.loads((run_dir / "cpt" / "output" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2

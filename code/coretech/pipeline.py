@@ -573,11 +573,14 @@ def _has_weights(folder: Path) -> bool:
 def _launch(ctx: RunContext, name: str, argv: list[str], env_extra: dict[str, str], folder: Path, log: str) -> None:
     env = child_environment(env_extra)
     command = describe_command(argv, env)
-    write_text_atomic(folder / ("command.txt" if log == "train" else f"{log}_command.txt"), command)
+    # Nodes share the run folder: node k > 0 writes train.node<k>.log beside node 0's train.log.
+    node = "" if ctx.launch.node_rank == 0 else f".node{ctx.launch.node_rank}"
+    stem = "command" if log == "train" else f"{log}_command"
+    write_text_atomic(folder / f"{stem}{node}.txt", command)
     if ctx.dry_run:
         print(f"--- {name} ({log})\n{command}", end="", flush=True)
         return
-    log_path = folder / f"{log}.log"
+    log_path = folder / f"{log}{node}.log"
     started = time.monotonic()
     status = run_logged(argv, env, log_path, description=f"{name} {log}")
     ctx.timings[f"{name}.{log}"] = time.monotonic() - started
@@ -604,17 +607,20 @@ def _wait_for_manifest(
         time.sleep(2)
 
 
-def refuse_if_still_running(config_path: Path, name: str) -> None:
+def refuse_if_still_running(config_path: Path, name: str, node_rank: int = 0) -> None:
     """Training ranks of an earlier, killed run may outlive it (torchrun starts each rank in its own
     session, so killing the runner's process group leaves them). Two generations of ranks writing
-    one output folder would corrupt its checkpoints: refuse, and say which processes to stop."""
+    one output folder would corrupt its checkpoints: refuse, and say which processes to stop.
+    Only this node's processes count (several "nodes" may share one machine in tests)."""
     import psutil
 
     needle = str(config_path)
     alive = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if needle in (process.info["cmdline"] or []):
+            if needle not in (process.info["cmdline"] or []):
+                continue
+            if process.environ().get("NODE_RANK", "0") == str(node_rank):
                 alive.append(process.info["pid"])
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -673,7 +679,7 @@ def _run_stage(ctx: RunContext, stage: ResolvedStage, upstream_fp: str) -> str:
         write_text_atomic(config_path, dump_config(stage.config, header))
     check_launch_path(config_path, "stage config")
     if not ctx.dry_run:
-        refuse_if_still_running(config_path, name)
+        refuse_if_still_running(config_path, name, ctx.launch.node_rank)
     resuming = any(stage.output_dir.glob("checkpoint-*"))
     _say(f"{name}: training{' (resuming from checkpoint)' if resuming else ''} → {stage.stage_dir}/train.log")
     argv = [llamafactory_cli(), "train", str(config_path)]
