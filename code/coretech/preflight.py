@@ -137,13 +137,18 @@ def check_llamafactory_config(
     if problems:
         return problems
     # The real parser last: dataclass __post_init__ checks (e.g. incompatible options) run here.
+    from transformers.utils import logging as transformers_logging
+
     previous = os.environ.pop("ALLOW_EXTRA_ARGS", None)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # deprecation notes belong in the stage's log, not the pre-flight
     try:
         (_parse_train_args if kind == "train" else _parse_infer_args)(dict(config))
     except Exception as exc:  # LLaMA-Factory raises ValueError/TypeError/AssertionError with a message
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         problems.append(Problem(str(recipe) if recipe else "config", f"LLaMA-Factory rejects it: {message}"))
     finally:
+        transformers_logging.set_verbosity(verbosity)
         if previous is not None:
             os.environ["ALLOW_EXTRA_ARGS"] = previous
     return problems

@@ -1,0 +1,168 @@
+"""Inference recipes: LLaMA-Factory YAML files read into LLaMA-Factory's own argument dataclasses.
+
+A predict recipe is also a valid ``llamafactory-cli train`` recipe (``stage: sft``, ``do_predict``),
+so the template, ``cutoff_len`` and decoding settings live in one YAML that both our batch
+predictor and LLaMA-Factory's trainer read. This module checks that every key is a field of
+LLaMA-Factory's argument dataclasses (a typo fails here, naming the file and key, instead of being
+ignored by us and rejected later by LLaMA-Factory), builds ``ModelArguments`` / ``DataArguments`` /
+``GeneratingArguments`` from it, and parses ``key=value`` command-line overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from coretech.config import ConfigError, load_yaml
+from coretech.errors import CoreTechError
+
+if TYPE_CHECKING:
+    from llamafactory.hparams import DataArguments, GeneratingArguments, ModelArguments
+
+# LLaMA-Factory's default for per_device_eval_batch_size (transformers' TrainingArguments default).
+_DEFAULT_EVAL_BATCH_SIZE = 8
+
+
+def _init_fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
+def train_recipe_keys() -> set[str]:
+    """Every key ``llamafactory-cli train`` accepts (its ``_TRAIN_ARGS`` dataclasses)."""
+    from llamafactory.hparams import (
+        DataArguments,
+        FinetuningArguments,
+        GeneratingArguments,
+        ModelArguments,
+        TrainingArguments,
+    )
+
+    classes = (ModelArguments, DataArguments, TrainingArguments, FinetuningArguments, GeneratingArguments)
+    return set().union(*(_init_fields(cls) for cls in classes))
+
+
+def infer_recipe_keys() -> set[str]:
+    """Every key ``llamafactory-cli chat`` / ``api`` accept (its ``_INFER_ARGS``: no trainer keys)."""
+    from llamafactory.hparams import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments
+
+    classes = (ModelArguments, DataArguments, FinetuningArguments, GeneratingArguments)
+    return set().union(*(_init_fields(cls) for cls in classes))
+
+
+def check_recipe_keys(values: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}: not an argument of LLaMA-Factory 0.9.5")
+
+
+def parse_overrides(overrides: list[str] | None, where: str = "command line") -> dict[str, Any]:
+    """``key=value`` pairs with YAML-typed values (``max_new_tokens=32`` is an int), as LLaMA-Factory's
+    own OmegaConf command-line overrides are typed."""
+    result: dict[str, Any] = {}
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{where}: override {item!r} is not of the form key=value")
+        try:
+            result[key.strip()] = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            result[key.strip()] = text
+    return result
+
+
+@dataclass
+class PredictRecipe:
+    """A predict recipe's values with the model and adapter still open: the run or the command line
+    supplies them, the recipe supplies the rest."""
+
+    path: Path
+    values: dict[str, Any]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.values.get("per_device_eval_batch_size", _DEFAULT_EVAL_BATCH_SIZE))
+
+    @property
+    def max_samples(self) -> int | None:
+        value = self.values.get("max_samples")
+        return None if value is None else int(value)
+
+    @property
+    def template(self) -> str | None:
+        return self.values.get("template")
+
+    def _build(self, cls: type, extra: dict[str, Any]) -> Any:
+        names = _init_fields(cls)
+        kwargs = {k: v for k, v in self.values.items() if k in names}
+        kwargs.update(extra)
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.path}: {cls.__name__}: {exc}") from None
+
+    def model_args(self, model: str, adapter: str | None) -> ModelArguments:
+        from llamafactory.hparams import ModelArguments
+
+        return self._build(ModelArguments, {"model_name_or_path": model, "adapter_name_or_path": adapter})
+
+    def data_args(self, template: str | None = None) -> DataArguments:
+        from llamafactory.hparams import DataArguments
+
+        # The dataset keys name training data for `llamafactory-cli train`; we read one dataset ourselves.
+        extra: dict[str, Any] = {"dataset": None, "eval_dataset": None, "val_size": 0.0}
+        if template is not None:
+            extra["template"] = template
+        return self._build(DataArguments, extra)
+
+    def generating_args(self) -> GeneratingArguments:
+        from llamafactory.hparams import GeneratingArguments
+
+        return self._build(GeneratingArguments, {})
+
+
+def load_predict_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> PredictRecipe:
+    """Read a predict recipe and refuse keys LLaMA-Factory's trainer would refuse."""
+    path = Path(path)
+    values = load_yaml(path)
+    values.update(overrides or {})
+    check_recipe_keys(values, train_recipe_keys(), str(path))
+    batch_size = values.get("per_device_eval_batch_size", 1)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"{path}: per_device_eval_batch_size must be a positive integer, got {batch_size!r}")
+    return PredictRecipe(path, values)
+
+
+def find_recipe(kind: str, template: str | None) -> Path:
+    """The one ``configs/*/<kind>.yaml`` whose template is the run's, so ``--run`` needs no ``--recipe``."""
+    candidates = sorted(Path("configs").glob(f"*/{kind}.yaml"))
+    matching = [path for path in candidates if template and load_yaml(path).get("template") == template]
+    if len(matching) == 1:
+        return matching[0]
+    found = "several" if matching else "no"
+    raise CoreTechError(
+        f"--recipe is required: {found} configs/*/{kind}.yaml with template {template!r} "
+        f"(from {Path.cwd()}); pass e.g. --recipe configs/smollm2-135m/{kind}.yaml"
+    )
+
+
+def resolve_model(
+    run: Path | None, stage: str | None, model: str | None, adapter: str | None
+) -> tuple[str | None, str | None, str | None]:
+    """(model, adapter, template) from a run folder's manifest (the pipeline's record of what each
+    stage produced) or from the command line."""
+    if run is None:
+        if stage is not None:
+            raise CoreTechError("--stage needs --run")
+        return model, adapter, None
+    if adapter is not None:
+        raise CoreTechError("--adapter goes with --model; a run's manifest names its own adapter")
+    try:
+        from coretech.pipeline import resolve_run_model
+    except ImportError:
+        raise CoreTechError("--run needs coretech.pipeline.resolve_run_model, missing in this checkout") from None
+    run_model = resolve_run_model(Path(run), stage)
+    return run_model.model, run_model.adapter, run_model.template

@@ -1,0 +1,136 @@
+"""``coretech chat`` and ``coretech api``: LLaMA-Factory's own chat CLI and OpenAI-compatible server
+with a run's model filled in.
+
+We do not reimplement serving: the recipe (``configs/<model>/chat.yaml`` or ``api.yaml``) plus the
+run's model, adapter and template and any ``key=value`` overrides are written to one resolved YAML,
+and ``llamafactory-cli chat|api <yaml>`` runs on it (an argv list, never a shell string). The
+resolved YAML is kept in the run folder so the exact settings of a session can be reused with
+plain ``llamafactory-cli``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from coretech.config import load_yaml
+from coretech.errors import CoreTechError
+from coretech.infer.recipe import check_recipe_keys, find_recipe, infer_recipe_keys, parse_overrides, resolve_model
+from coretech.infer.vllm import MISSING_VLLM, vllm_available
+from coretech.launch import check_launch_path, child_environment, llamafactory_cli
+
+# LLaMA-Factory's server listens on 0.0.0.0 unless told otherwise; we default to loopback so an
+# unauthenticated model server is never exposed by accident (set API_HOST=0.0.0.0 and API_KEY).
+DEFAULT_API_HOST = "127.0.0.1"
+DEFAULT_API_PORT = "8000"  # LLaMA-Factory's default
+
+
+@dataclass
+class ServeCommand:
+    """The argv, environment additions and resolved recipe of one ``llamafactory-cli`` session."""
+
+    argv: list[str]
+    env: dict[str, str]
+    recipe: Path
+    values: dict[str, Any]
+
+
+def resolve_serve_recipe(
+    kind: str,
+    *,
+    run: Path | None,
+    recipe: Path | None,
+    stage: str | None,
+    overrides: list[str] | None,
+) -> tuple[dict[str, Any], str]:
+    """The recipe's values with the run's model and the overrides applied, and where they came from."""
+    if run is None and recipe is None:
+        raise CoreTechError(f"coretech {kind} needs --run RUN or --recipe configs/<model>/{kind}.yaml")
+    model, adapter, template = resolve_model(run, stage, None, None)
+    if recipe is None:
+        recipe = find_recipe(kind, template)
+    values = load_yaml(recipe)
+    if run is not None:
+        values["model_name_or_path"] = model
+        if template is not None:
+            values["template"] = template
+        if adapter is None:
+            values.pop("adapter_name_or_path", None)
+        else:
+            values["adapter_name_or_path"] = adapter
+    values.update(parse_overrides(overrides))
+    check_recipe_keys(values, infer_recipe_keys(), str(recipe))
+    for key in ("model_name_or_path", "adapter_name_or_path"):
+        # The resolved recipe may live elsewhere (run folder, temp dir): local paths become absolute.
+        if isinstance(values.get(key), str) and Path(values[key]).exists():
+            values[key] = str(Path(values[key]).resolve())
+    if "model_name_or_path" not in values:
+        raise CoreTechError(f"{recipe}: no model_name_or_path (give --run or model_name_or_path=...)")
+    if values.get("infer_backend") == "vllm" and not vllm_available():
+        raise CoreTechError(f"{recipe}: {MISSING_VLLM} (or add infer_backend=huggingface)")
+    return values, str(recipe)
+
+
+def build_serve_command(
+    kind: str,
+    *,
+    run: Path | None = None,
+    recipe: Path | None = None,
+    stage: str | None = None,
+    overrides: list[str] | None = None,
+    workdir: Path | None = None,
+) -> ServeCommand:
+    """Write the resolved recipe (into ``run/serve/`` or ``workdir``) and the command that serves it."""
+    if kind not in ("chat", "api"):
+        raise ValueError(f"kind must be chat or api, not {kind!r}")
+    values, source = resolve_serve_recipe(kind, run=run, recipe=recipe, stage=stage, overrides=overrides)
+    folder = Path(run) / "serve" if run is not None else workdir
+    if folder is None:
+        raise ValueError("workdir is required without a run")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{kind}.yaml"
+    header = f"# Resolved by `coretech {kind}` from {source}; the same with: llamafactory-cli {kind} {path}\n"
+    path.write_text(header + yaml.safe_dump(values, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    check_launch_path(path, f"{kind} recipe")
+    env: dict[str, str] = {}
+    if kind == "api":
+        env["API_HOST"] = os.environ.get("API_HOST", DEFAULT_API_HOST)
+        env["API_PORT"] = os.environ.get("API_PORT", DEFAULT_API_PORT)
+    return ServeCommand([llamafactory_cli(), kind, str(path)], env, path, values)
+
+
+def _run(kind: str, run: Path | None, recipe: Path | None, stage: str | None, overrides: list[str]) -> int:
+    workdir = None if run is not None else Path(tempfile.mkdtemp(prefix=f"coretech-{kind}-"))
+    try:
+        command = build_serve_command(kind, run=run, recipe=recipe, stage=stage, overrides=overrides, workdir=workdir)
+        model = command.values["model_name_or_path"]
+        adapter = command.values.get("adapter_name_or_path")
+        print(f"{kind}: {model}" + (f" + {adapter}" if adapter else "") + f" ({command.recipe})", file=sys.stderr)
+        if kind == "api":
+            host, port = command.env["API_HOST"], command.env["API_PORT"]
+            shown = "localhost" if host in ("0.0.0.0", "127.0.0.1") else host  # noqa: S104
+            print(f"OpenAI-compatible API at http://{shown}:{port}/v1 (Ctrl-C stops it)", file=sys.stderr)
+        # Interactive: the child shares our terminal (stdin for chat, Ctrl-C for both).
+        return subprocess.run(command.argv, env=child_environment(command.env), check=False).returncode
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_chat(*, run: Path | None, recipe: Path | None, stage: str | None, overrides: list[str]) -> int:
+    """Chat in the terminal with a run's final model (or ``--stage``'s) through ``llamafactory-cli chat``."""
+    return _run("chat", run, recipe, stage, overrides)
+
+
+def run_api(*, run: Path | None, recipe: Path | None, stage: str | None, overrides: list[str]) -> int:
+    """Serve a run's model as an OpenAI-compatible API through ``llamafactory-cli api``; host and port
+    come from API_HOST / API_PORT as LLaMA-Factory reads them, the key from API_KEY."""
+    return _run("api", run, recipe, stage, overrides)
