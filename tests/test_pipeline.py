@@ -187,3 +187,11 @@ def test_dry_run_prints_each_stage_environment_and_command_and_launches_nothing(
     assert out.count("export FORCE_TORCHRUN=1") == 5
     assert out.count("export NPROC_PER_NODE=2") == 5
     assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_builder_reports_are_nested_under_the_run_report_headings():
+    from coretech.pipeline import demote_headings
+
+    text = "# SFT data\n\nWritten.\n\n## Split\n| a |"
+    assert demote_headings(text, to_level=3) == "### SFT data\n\nWritten.\n\n#### Split\n| a |"
+    assert demote_headings("no headings", to_level=3) == "no headings"

@@ -854,7 +854,7 @@ def write_report(ctx: RunContext, metrics: dict[str, dict] | None, wall_seconds:
     prepare = ctx.manifest.data["steps"].get("prepare", {})
     for key, title in (("cpt", "CPT corpus"), ("sft", "SFT datasets")):
         if prepare.get(key):
-            lines += ["", f"## {title}", "", prepare[key].strip()]
+            lines += ["", f"## {title}", "", demote_headings(prepare[key].strip(), to_level=3)]
     if metrics:
         from coretech.eval.report import metrics_table_markdown
 
@@ -872,6 +872,15 @@ def write_report(ctx: RunContext, metrics: dict[str, dict] | None, wall_seconds:
     return path
 
 
+def demote_headings(markdown: str, to_level: int) -> str:
+    """Shift a builder's own Markdown report so its top heading sits at ``to_level`` in ours."""
+    levels = [len(line) - len(line.lstrip("#")) for line in markdown.splitlines() if line.startswith("#")]
+    if not levels:
+        return markdown
+    shift = to_level - min(levels)
+    return "\n".join("#" * shift + line if line.startswith("#") else line for line in markdown.splitlines())
+
+
 def _curriculum_comparison(metrics: dict[str, dict]) -> list[str]:
     """One sentence per key metric: curriculum's last stage against the shuffled one-stage ablation."""
     curriculum = [n for n in metrics if n.startswith("sft_stage")]
@@ -880,11 +889,24 @@ def _curriculum_comparison(metrics: dict[str, dict]) -> list[str]:
         return []
     last, ablation = curriculum[-1], shuffled[0]
     lines = ["## Curriculum against shuffled (same steps)", ""]
+
+    def shown(name: str, key: str) -> str:
+        value = metrics[name][key]
+        low, high = metrics[name].get(f"{key}_ci_low"), metrics[name].get(f"{key}_ci_high")
+        interval = f" [{low:.3f}, {high:.3f}]" if isinstance(low, int | float) and isinstance(high, int | float) else ""
+        return f"{value:.3f}{interval}"
+
     for key in ("ipc.subclass.f1", "ipc.class.f1", "tech.f1", "rouge_l"):
         a, b = metrics[last].get(key), metrics[ablation].get(key)
         if isinstance(a, int | float) and isinstance(b, int | float):
-            verdict = "higher" if a > b else "lower" if a < b else "equal"
-            lines.append(f"- `{key}`: curriculum `{last}` {a:.3f} vs shuffled `{ablation}` {b:.3f} ({verdict})")
+            lines.append(
+                f"- `{key}`: curriculum `{last}` {shown(last, key)} vs shuffled `{ablation}` {shown(ablation, key)} "
+                f"(difference {a - b:+.3f})"
+            )
+    n = metrics[last].get("n")
+    lines.append(
+        f"\nBrackets: 95% bootstrap intervals over the {n} test answers; overlapping intervals mean no clear winner."
+    )
     return [*lines, ""]
 
 
