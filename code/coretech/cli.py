@@ -24,17 +24,11 @@ def _add_prepare_parser(sub: argparse._SubParsersAction) -> None:
     prepare = sub.add_parser("prepare", help="build the embedded model, the CPT corpus or the SFT datasets")
     what = prepare.add_subparsers(dest="what", required=True)
 
-    model = what.add_parser(
-        "model", help="convert the embedded SmolLM2 GGUF into a Hugging Face folder (once)"
-    )
-    model.add_argument(
-        "--out", type=Path, default=None, help="target folder (default models/smollm2-135m-instruct)"
-    )
+    model = what.add_parser("model", help="convert the embedded SmolLM2 GGUF into a Hugging Face folder (once)")
+    model.add_argument("--out", type=Path, default=None, help="target folder (default models/smollm2-135m-instruct)")
     model.set_defaults(handler=_prepare_model)
 
-    cpt = what.add_parser(
-        "cpt", help="build the continued-pretraining corpus and register it for LLaMA-Factory"
-    )
+    cpt = what.add_parser("cpt", help="build the continued-pretraining corpus and register it for LLaMA-Factory")
     cpt.add_argument(
         "--config",
         type=Path,
@@ -42,12 +36,8 @@ def _add_prepare_parser(sub: argparse._SubParsersAction) -> None:
         help="corpus settings, e.g. configs/smollm2-135m/prepare_cpt.yaml",
     )
     cpt.add_argument("--out", type=Path, required=True, help="dataset directory (gets dataset_info.json)")
-    cpt.add_argument(
-        "--strict", action="store_true", help="stop at the first malformed record instead of counting it"
-    )
-    cpt.add_argument(
-        "--workers", type=int, default=None, help="parallel worker processes (default: all cores)"
-    )
+    cpt.add_argument("--strict", action="store_true", help="stop at the first malformed record instead of counting it")
+    cpt.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: all cores)")
     cpt.set_defaults(handler=_prepare_cpt)
 
     sft = what.add_parser("sft", help="build IPC_TASK / TECH_TASK QA datasets, splits and curriculum stages")
@@ -56,15 +46,13 @@ def _add_prepare_parser(sub: argparse._SubParsersAction) -> None:
         type=Path,
         action="append",
         default=None,
-        help="a table or alpaca/sharegpt file (repeatable)",
+        help="a table or alpaca/sharegpt file (repeatable; replaces the config's inputs)",
     )
     sft.add_argument(
         "--config", type=Path, default=None, help="SFT settings, e.g. configs/smollm2-135m/prepare_sft.yaml"
     )
     sft.add_argument("--out", type=Path, required=True, help="dataset directory (gets dataset_info.json)")
-    sft.add_argument(
-        "--strict", action="store_true", help="stop at the first malformed row instead of counting it"
-    )
+    sft.add_argument("--strict", action="store_true", help="stop at the first malformed row instead of counting it")
     sft.set_defaults(handler=_prepare_sft)
 
 
@@ -78,9 +66,7 @@ def _prepare_model(args: argparse.Namespace) -> int:
 def _prepare_cpt(args: argparse.Namespace) -> int:
     from coretech.data.cpt import build_cpt_corpus, load_cpt_config
 
-    report = build_cpt_corpus(
-        load_cpt_config(args.config), args.out, strict=args.strict, workers=args.workers
-    )
+    report = build_cpt_corpus(load_cpt_config(args.config), args.out, strict=args.strict, workers=args.workers)
     print(report.markdown())
     return 0
 
@@ -121,9 +107,7 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="run one LLaMA-Factory training recipe through the same launcher")
     train.add_argument("recipe", type=Path, help="a LLaMA-Factory YAML, e.g. configs/qwen2.5-7b/cpt.yaml")
     train.add_argument("overrides", nargs="*", help="key=value overrides of recipe keys")
-    train.add_argument(
-        "--nproc-per-node", type=int, default=None, help="processes per node (default: all GPUs)"
-    )
+    train.add_argument("--nproc-per-node", type=int, default=None, help="processes per node (default: all GPUs)")
     train.add_argument(
         "--log-dir", type=Path, default=None, help="where command.txt and train.log go (default: output_dir)"
     )
@@ -134,9 +118,7 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from coretech.pipeline import run_pipeline
 
-    return run_pipeline(
-        args.pipeline, args.overrides, run_dir=args.run_dir, dry_run=args.dry_run, fresh=args.fresh
-    )
+    return run_pipeline(args.pipeline, args.overrides, run_dir=args.run_dir, dry_run=args.dry_run, fresh=args.fresh)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -161,25 +143,40 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _add_infer_parsers(sub: argparse._SubParsersAction) -> None:
-    predict = sub.add_parser(
-        "predict", help="batch generation over a dataset into generated_predictions.jsonl"
-    )
+    predict = sub.add_parser("predict", help="batch generation over a dataset into generated_predictions.jsonl")
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, help="a run folder: use its final model (or --stage)")
     source.add_argument("--model", help="a model folder or hub id")
     predict.add_argument("--stage", default=None, help="with --run: which stage's model (default: the last)")
     predict.add_argument("--adapter", default=None, help="a LoRA adapter folder on top of --model")
+    predict.add_argument("--dataset", required=True, help="dataset name in dataset_info.json, e.g. coretech_sft_test")
     predict.add_argument(
-        "--dataset", required=True, help="dataset name in dataset_info.json, e.g. coretech_sft_test"
+        "--dataset-dir",
+        type=Path,
+        default=None,
+        help="folder with dataset_info.json (default: the run's data/, else the recipe's dataset_dir)",
     )
-    predict.add_argument("--dataset-dir", type=Path, default=None, help="folder with dataset_info.json")
     predict.add_argument(
-        "--recipe", type=Path, default=None, help="predict recipe with template and decoding settings"
+        "--recipe",
+        type=Path,
+        default=None,
+        help="predict recipe with template and decoding settings (default with --run: the configs/*/predict.yaml "
+        "whose template is the run's)",
     )
-    predict.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto")
+    predict.add_argument(
+        "--backend",
+        choices=["auto", "hf", "vllm"],
+        default="auto",
+        help="auto (default): vllm when a CUDA GPU and vLLM are present, otherwise hf",
+    )
     predict.add_argument("--out", type=Path, required=True, help="output file (generated_predictions.jsonl)")
-    predict.add_argument("--max-samples", type=int, default=None)
-    predict.add_argument("--batch-size", type=int, default=None)
+    predict.add_argument("--max-samples", type=int, default=None, help="the first N records (default: the recipe's)")
+    predict.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="prompts per generate call (default: the recipe's per_device_eval_batch_size; vllm: 512)",
+    )
     predict.set_defaults(handler=_predict)
 
     for name, help_text in (
@@ -190,8 +187,8 @@ def _add_infer_parsers(sub: argparse._SubParsersAction) -> None:
         source = cmd.add_mutually_exclusive_group()
         source.add_argument("--run", type=Path, help="a run folder: use its final model (or --stage)")
         source.add_argument("--recipe", type=Path, help=f"a LLaMA-Factory {name} recipe")
-        cmd.add_argument("--stage", default=None)
-        cmd.add_argument("overrides", nargs="*", help="key=value overrides of recipe keys")
+        cmd.add_argument("--stage", default=None, help="with --run: which stage's model (default: the last)")
+        cmd.add_argument("overrides", nargs="*", help="key=value overrides of recipe keys, e.g. max_new_tokens=128")
         cmd.set_defaults(handler=_chat if name == "chat" else _api)
 
 
@@ -218,12 +215,8 @@ def _api(args: argparse.Namespace) -> int:
 
 def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("evaluate", help="score IPC / key-technology predictions into a metrics table")
-    evaluate.add_argument(
-        "--predictions", type=Path, action="append", required=True, help="JSONL file (repeatable)"
-    )
-    evaluate.add_argument(
-        "--name", action="append", default=None, help="run name per --predictions (repeatable)"
-    )
+    evaluate.add_argument("--predictions", type=Path, action="append", required=True, help="JSONL file (repeatable)")
+    evaluate.add_argument("--name", action="append", default=None, help="run name per --predictions (repeatable)")
     evaluate.add_argument("--task", choices=["ipc", "tech", "auto"], default="auto")
     evaluate.add_argument(
         "--scheme",
@@ -235,7 +228,10 @@ def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--prediction-field", default="predict")
     evaluate.add_argument("--reference-field", default="label")
     evaluate.add_argument(
-        "--fuzzy-threshold", type=float, default=None, help="key-technology fuzzy match threshold (0-100)"
+        "--fuzzy-threshold",
+        type=float,
+        default=None,
+        help="key-technology fuzzy match threshold, rapidfuzz ratio 0-100 (default 80)",
     )
     evaluate.add_argument("--out", type=Path, required=True)
     evaluate.set_defaults(handler=_evaluate)
@@ -260,6 +256,33 @@ def _ipc_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_general_eval_parser(sub: argparse._SubParsersAction) -> None:
+    general = sub.add_parser(
+        "general-eval",
+        help="CMMLU / C-Eval / MMLU multiple choice (lm-evaluation-harness, offline) to see what CPT cost",
+    )
+    general.add_argument("--config", type=Path, default=Path("configs/eval/general.yaml"), help="benchmarks and shots")
+    general.add_argument(
+        "--model", action="append", default=None, help="model folder (repeatable; the first is the baseline)"
+    )
+    general.add_argument("--name", action="append", default=None, help="run name per --model (repeatable)")
+    general.add_argument(
+        "--benchmark", action="append", default=None, help="NAME=FOLDER local copy, overrides the config"
+    )
+    general.add_argument("--num-fewshot", type=int, default=None)
+    general.add_argument("--limit", type=int, default=None, help="questions per subject (for a quick check)")
+    general.add_argument("--batch-size", type=int, default=None)
+    general.add_argument("--device", default=None, help="cuda, cpu, ...")
+    general.add_argument("--out", type=Path, required=True)
+    general.set_defaults(handler=_general_eval)
+
+
+def _general_eval(args: argparse.Namespace) -> int:
+    from coretech.eval.general import general_eval_from_cli
+
+    return general_eval_from_cli(args)
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
@@ -274,11 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_parsers(sub)
     _add_infer_parsers(sub)
     _add_eval_parsers(sub)
+    _add_general_eval_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides (key=value) may come after options: `coretech run demo.yaml --dry-run train.max_steps=2`.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+            args.overrides = [*(args.overrides or []), *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.handler(args) or 0)
     except CoreTechError as exc:

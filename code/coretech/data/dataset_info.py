@@ -41,9 +41,7 @@ def register_datasets(dataset_dir: str | Path, entries: dict[str, dict[str, Any]
     for name, entry in entries.items():
         file_name = entry.get("file_name")
         if file_name and not (dataset_dir / file_name).exists():
-            raise CoreTechError(
-                f"{dataset_dir / DATASET_INFO}: dataset {name!r} names missing file {file_name!r}"
-            )
+            raise CoreTechError(f"{dataset_dir / DATASET_INFO}: dataset {name!r} names missing file {file_name!r}")
         info[name] = entry
     path = dataset_dir / DATASET_INFO
     write_json_atomic(path, dict(sorted(info.items())))

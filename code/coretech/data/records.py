@@ -75,9 +75,7 @@ class SkipLog:
 
 
 def _decode_error(path: Path, line: int, exc: UnicodeDecodeError) -> RecordError:
-    return RecordError(
-        f"{path}:{line}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at column {exc.start + 1})"
-    )
+    return RecordError(f"{path}:{line}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at column {exc.start + 1})")
 
 
 def iter_jsonl(path: Path, skips: SkipLog | None = None) -> Iterator[Record]:
@@ -152,9 +150,7 @@ def iter_csv(path: Path, required: tuple[str, ...] = ()) -> Iterator[Record]:
                 yield Record({k: v for k, v in row.items() if k is not None}, path, line=start)
                 start = reader.line_num + 1
     except UnicodeDecodeError as exc:
-        raise RecordError(
-            f"{path}: not UTF-8 (byte offset {exc.start}); save the table as UTF-8 CSV"
-        ) from None
+        raise RecordError(f"{path}: not UTF-8 (byte offset {exc.start}); save the table as UTF-8 CSV") from None
 
 
 def iter_xlsx(path: Path, required: tuple[str, ...] = ()) -> Iterator[Record]:
@@ -170,9 +166,7 @@ def iter_xlsx(path: Path, required: tuple[str, ...] = ()) -> Iterator[Record]:
     header = [str(h).strip() if h is not None else "" for h in header_row]
     missing = [c for c in required if c not in header]
     if missing:
-        raise RecordError(
-            f"{path}:1: missing column {missing[0]!r} (found: {', '.join(h for h in header if h)})"
-        )
+        raise RecordError(f"{path}:1: missing column {missing[0]!r} (found: {', '.join(h for h in header if h)})")
     for number, values in enumerate(rows, 2):
         if values is None or all(v is None or str(v).strip() == "" for v in values):
             continue
@@ -181,9 +175,7 @@ def iter_xlsx(path: Path, required: tuple[str, ...] = ()) -> Iterator[Record]:
     workbook.close()
 
 
-def iter_records(
-    path: str | Path, skips: SkipLog | None = None, required: tuple[str, ...] = ()
-) -> Iterator[Record]:
+def iter_records(path: str | Path, skips: SkipLog | None = None, required: tuple[str, ...] = ()) -> Iterator[Record]:
     """Records from any supported file, chosen by extension; empty and missing files are errors."""
     path = Path(path)
     if not path.is_file():

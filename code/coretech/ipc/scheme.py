@@ -60,9 +60,7 @@ class IpcScheme:
     def get(self, code: str | IpcCode) -> IpcEntry | None:
         return self.entries.get(str(code))
 
-    def add(
-        self, code: IpcCode, title: str | None = None, language: str = "en", parent: str | None = None
-    ) -> IpcEntry:
+    def add(self, code: IpcCode, title: str | None = None, language: str = "en", parent: str | None = None) -> IpcEntry:
         key = str(code)
         entry = self.entries.get(key)
         if entry is None:
@@ -126,9 +124,7 @@ class IpcScheme:
             elif suffix in {".csv", ".tsv", ".jsonl", ".json"}:
                 _read_table(scheme, path, default_language)
             else:
-                raise SchemeError(
-                    f"{path}: unknown IPC scheme format {suffix!r} (use .xml, .csv, .jsonl or .json)"
-                )
+                raise SchemeError(f"{path}: unknown IPC scheme format {suffix!r} (use .xml, .csv, .jsonl or .json)")
         return scheme.finalise()
 
 
