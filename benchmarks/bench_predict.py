@@ -29,8 +29,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmark_docs import write_section  # benchmarks/benchmark_docs.py, beside this script
+
 from coretech.data.dataset_info import read_dataset_info
-from coretech.files import write_text_atomic
 from coretech.infer.predict import run_prediction
 from coretech.infer.vllm import vllm_available
 from coretech.ipc import IpcScheme
@@ -40,7 +41,6 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "data" / "samples"
 RECIPE = REPO / "configs" / "smollm2-135m" / "predict.yaml"
 PREPARE_SFT = REPO / "configs" / "smollm2-135m" / "prepare_sft.yaml"
-DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Inference"
 
 
@@ -117,16 +117,6 @@ def measure(model: Path, dataset_dir: Path, dataset: str, backend: str, batch_si
     )
     tokens = sum(len(json.loads(line)["predict"]) for line in out.read_text(encoding="utf-8").splitlines())
     return result, tokens
-
-
-def replace_section(text: str, body: str) -> str:
-    """docs/benchmarks.md with our section replaced (or appended), every other section untouched."""
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        return text.rstrip("\n") + ("\n\n" if text.strip() else "# Benchmarks\n\n") + body
-    end = text.find("\n## ", start + len(SECTION))
-    rest = "" if end < 0 else text[end + 1 :]
-    return text[:start] + body + ("\n" + rest if rest else "")
 
 
 def main() -> int:
@@ -228,10 +218,8 @@ def main() -> int:
     body = "\n".join(lines) + "\n"
     print(body)
     if not args.no_docs:
-        DOCS.parent.mkdir(parents=True, exist_ok=True)
-        current = DOCS.read_text(encoding="utf-8") if DOCS.exists() else ""
-        write_text_atomic(DOCS, replace_section(current, body))
-        print(f"updated {DOCS.relative_to(REPO)}", file=sys.stderr)
+        docs = write_section(SECTION, body)
+        print(f"updated {docs.relative_to(REPO)}", file=sys.stderr)
     return 0
 
 

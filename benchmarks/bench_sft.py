@@ -22,25 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmark_docs import write_section  # benchmarks/benchmark_docs.py, beside this script
+
 from coretech.data.curriculum import ModelScorer
 from coretech.data.sft import build_sft_datasets, load_sft_config
-from coretech.files import write_text_atomic
 from coretech.models import ensure_embedded_model
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "smollm2-135m" / "prepare_sft.yaml"
-DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## SFT data"
-
-
-def replace_section(text: str, body: str) -> str:
-    """docs/benchmarks.md with our section replaced (or appended), every other section untouched."""
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        return text.rstrip("\n") + ("\n\n" if text.strip() else "# Benchmarks\n\n") + body
-    end = text.find("\n## ", start + len(SECTION))
-    rest = "" if end < 0 else text[end + 1 :]
-    return text[:start] + body + ("\n" + rest if rest else "")
 
 
 def main() -> int:
@@ -118,8 +108,7 @@ def main() -> int:
     body = "\n".join(lines)
     print(body)
     if not args.no_docs:
-        text = DOCS.read_text(encoding="utf-8") if DOCS.exists() else ""
-        write_text_atomic(DOCS, replace_section(text, body))
+        write_section(SECTION, body)
     return 0
 
 
