@@ -80,7 +80,8 @@ def test_config_is_valid(path: Path):
         return
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
     lf_kind = "export" if kind in ("export", "infer") else "train"
-    assert check_llamafactory_config(config, path, lf_kind) == []
+    # CI has no GPU: the 7B recipes' bf16 is judged against the node by the pre-flight, not here.
+    assert check_llamafactory_config(config, path, lf_kind, this_machine=False) == []
     if config.get("deepspeed"):
         assert check_deepspeed_config(Path(config["deepspeed"]), str(path)) == []
     model = str(config["model_name_or_path"])

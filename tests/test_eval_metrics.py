@@ -100,6 +100,9 @@ def test_self_scoring_gives_one_everywhere(scheme: IpcScheme) -> None:
         if key.endswith(("precision", "recall", "f1", "_ci_low", "_ci_high")):
             assert value == pytest.approx(1.0), key
     assert metrics["ipc.invalid_rate"] == 0.0
+    no_codes = score_ipc([(codes(), codes("G06N3/08"))], scheme)
+    assert no_codes["ipc.n_predicted_codes"] == 0
+    assert no_codes["ipc.invalid_rate"] is None  # undefined, not "perfectly valid"
 
 
 def test_tech_exact_and_fuzzy_by_hand() -> None:

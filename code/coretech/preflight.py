@@ -120,9 +120,18 @@ def _type_problem(value: Any, annotation: Any) -> str | None:
 
 
 def check_llamafactory_config(
-    config: dict[str, Any], recipe: Path | None, kind: Literal["train", "export"] = "train"
+    config: dict[str, Any],
+    recipe: Path | None,
+    kind: Literal["train", "export"] = "train",
+    *,
+    this_machine: bool = True,
 ) -> list[Problem]:
-    """Unknown keys and mistyped values, judged by LLaMA-Factory's own argument dataclasses."""
+    """Unknown keys and mistyped values, judged by LLaMA-Factory's own argument dataclasses.
+
+    With ``this_machine`` (the pre-flight) the parser also judges the recipe against this machine,
+    e.g. bf16 without a GPU fails here as it would at launch. Without it (checking a 7B recipe on a
+    CPU-only CI machine) half precision is switched off for the parser's pass only.
+    """
     from llamafactory.hparams.parser import _parse_infer_args, _parse_train_args
 
     problems: list[Problem] = []
@@ -142,8 +151,11 @@ def check_llamafactory_config(
     previous = os.environ.pop("ALLOW_EXTRA_ARGS", None)
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # deprecation notes belong in the stage's log, not the pre-flight
+    parsed = dict(config)
+    if not this_machine:
+        parsed.update({k: False for k in ("bf16", "fp16", "pure_bf16") if parsed.get(k)})
     try:
-        (_parse_train_args if kind == "train" else _parse_infer_args)(dict(config))
+        (_parse_train_args if kind == "train" else _parse_infer_args)(parsed)
     except Exception as exc:  # LLaMA-Factory raises ValueError/TypeError/AssertionError with a message
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         problems.append(Problem(str(recipe) if recipe else "config", f"LLaMA-Factory rejects it: {message}"))

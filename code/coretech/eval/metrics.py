@@ -112,7 +112,8 @@ def score_ipc(
 
     ``ipc.invalid_rate`` is the share of predicted symbols (each answer's distinct codes) that the
     scheme does not contain; None without a scheme, since a well-formed code cannot be called
-    invented without one.
+    invented without one, and None when no code was predicted at all (a rate of nothing is not 0:
+    a model that never writes a code is not one that never invents one).
     """
     result: dict[str, Any] = {"ipc.n": len(answers)}
     for level in LEVELS:
@@ -128,7 +129,7 @@ def score_ipc(
     else:
         invalid = sum(1 for code in predicted if not scheme.exists(code))
         result["ipc.n_invalid_codes"] = invalid
-        result["ipc.invalid_rate"] = invalid / len(predicted) if predicted else 0.0
+        result["ipc.invalid_rate"] = invalid / len(predicted) if predicted else None
     return result
 
 
