@@ -143,6 +143,12 @@ def check_llamafactory_config(
         reason = _type_problem(value, known[key])
         if reason:
             problems.append(Problem(key_location(recipe, key), reason))
+    template = config.get("template")
+    if template:
+        from llamafactory.data.template import TEMPLATES
+
+        if template not in TEMPLATES:
+            problems.append(Problem(key_location(recipe, "template"), f"no LLaMA-Factory template named {template!r}"))
     if problems:
         return problems
     # The real parser last: dataclass __post_init__ checks (e.g. incompatible options) run here.
