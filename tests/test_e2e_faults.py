@@ -26,6 +26,23 @@ from coretech.pipeline import refuse_if_still_running
 REPO = Path(__file__).resolve().parent.parent
 
 
+def cpt_only_pipeline(path: Path, processes_per_node: int) -> Path:
+    """A one-stage pipeline (the demo's CPT on the demo's corpus): the smallest real training run."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": path.stem,
+                "base_model": "models/smollm2-135m-instruct",
+                "embedded_model": True,
+                "launch": {"nproc_per_node": processes_per_node},
+                "data": {"cpt": "configs/smollm2-135m/prepare_cpt.yaml"},
+                "stages": [{"name": "cpt", "recipe": "configs/smollm2-135m/cpt.yaml"}],
+            }
+        )
+    )
+    return path
+
+
 def _kill_everything_of(run_dir: Path, runner: subprocess.Popen) -> int:
     victims = [runner.pid]
     for process in psutil.process_iter(["pid", "cmdline"]):
@@ -46,19 +63,7 @@ def _kill_everything_of(run_dir: Path, runner: subprocess.Popen) -> int:
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_sigkill_mid_stage_then_rerun_resumes_from_the_checkpoint(tmp_path, embedded_model):
-    pipeline = tmp_path / "kill.yaml"
-    pipeline.write_text(
-        yaml.safe_dump(
-            {
-                "name": "kill",
-                "base_model": "models/smollm2-135m-instruct",
-                "embedded_model": True,
-                "launch": {"nproc_per_node": 2},
-                "data": {"cpt": "configs/smollm2-135m/prepare_cpt.yaml"},
-                "stages": [{"name": "cpt", "recipe": "configs/smollm2-135m/cpt.yaml"}],
-            }
-        )
-    )
+    pipeline = cpt_only_pipeline(tmp_path / "kill.yaml", processes_per_node=2)
     run_dir = tmp_path / "run"
     argv = [sys.executable, "-m", "coretech", "run", str(pipeline), "--run-dir", str(run_dir)]
     budget = ["train.max_steps=4", "train.save_steps=2"]
@@ -127,19 +132,7 @@ def test_two_nodes_on_loopback_train_one_stage_together(tmp_path, embedded_model
     """A real two-node launch: two `coretech run` processes with NNODES=2 and NODE_RANK 0 and 1, one
     rank each, meeting at MASTER_ADDR:MASTER_PORT on loopback and sharing the run folder (as nodes
     share a file system). Node 1 follows node 0's manifest and only joins the training."""
-    pipeline = tmp_path / "two_nodes.yaml"
-    pipeline.write_text(
-        yaml.safe_dump(
-            {
-                "name": "two-nodes",
-                "base_model": "models/smollm2-135m-instruct",
-                "embedded_model": True,
-                "launch": {"nproc_per_node": 1},
-                "data": {"cpt": "configs/smollm2-135m/prepare_cpt.yaml"},
-                "stages": [{"name": "cpt", "recipe": "configs/smollm2-135m/cpt.yaml"}],
-            }
-        )
-    )
+    pipeline = cpt_only_pipeline(tmp_path / "two_nodes.yaml", processes_per_node=1)
     run_dir = tmp_path / "run"
     argv = [sys.executable, "-m", "coretech", "run", str(pipeline), "--run-dir", str(run_dir), "train.max_steps=2"]
     port = str(_free_port())

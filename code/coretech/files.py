@@ -1,7 +1,9 @@
-"""Atomic file output: a crash or SIGKILL never leaves a half-written file under its final name."""
+"""Files: atomic output (a crash or SIGKILL never leaves a half-written file under its final name)
+and fingerprints of settings and inputs (how the runner and the corpus builder know what changed)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -9,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+HASH_CONTENT_LIMIT = 256 * 1024 * 1024  # bigger files are fingerprinted by size and mtime
 
 
 @contextmanager
@@ -41,3 +45,32 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     with atomic_open(path) as handle:
         json.dump(data, handle, ensure_ascii=False, indent=2)
         handle.write("\n")
+
+
+def fingerprint_path(path: Path, digest: Any) -> None:
+    """Feed a file or folder into ``digest``: contents for normal files, size+mtime for huge ones."""
+    if path.is_dir():
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(child.relative_to(path)).encode())
+            fingerprint_path(child, digest)
+        return
+    if not path.exists():
+        digest.update(b"<missing>")
+        return
+    stat = path.stat()
+    if stat.st_size > HASH_CONTENT_LIMIT:
+        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
+def fingerprint(*parts: Any, paths: list[Path] = ()) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    for path in paths:
+        digest.update(str(path).encode())
+        fingerprint_path(path, digest)
+    return digest.hexdigest()[:16]

@@ -21,7 +21,6 @@ from ``checkpoint-*`` when ``overwrite_output_dir`` is false.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -36,7 +35,7 @@ import yaml
 
 from coretech.config import ConfigError, build_dataclass, load_yaml
 from coretech.errors import CoreTechError, StageFailed
-from coretech.files import write_json_atomic, write_text_atomic
+from coretech.files import fingerprint, write_json_atomic, write_text_atomic
 from coretech.launch import (
     LaunchSettings,
     check_launch_path,
@@ -60,7 +59,6 @@ from coretech.preflight import (
 # Keys the runner owns in a resolved stage config: chaining and the run folder decide them.
 RUNNER_KEYS = ("model_name_or_path", "adapter_name_or_path", "dataset_dir", "output_dir")
 MANIFEST = "manifest.json"
-_HASH_CONTENT_LIMIT = 256 * 1024 * 1024  # bigger files are fingerprinted by size and mtime
 
 
 # --- pipeline spec ---------------------------------------------------------------------------
@@ -198,35 +196,6 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple
 
 
 # --- run folder, manifest, fingerprints ------------------------------------------------------
-
-
-def fingerprint_path(path: Path, digest: Any) -> None:
-    """Feed a file or folder into ``digest``: contents for normal files, size+mtime for huge ones."""
-    if path.is_dir():
-        for child in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(str(child.relative_to(path)).encode())
-            fingerprint_path(child, digest)
-        return
-    if not path.exists():
-        digest.update(b"<missing>")
-        return
-    stat = path.stat()
-    if stat.st_size > _HASH_CONTENT_LIMIT:
-        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-        return
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-
-
-def fingerprint(*parts: Any, paths: list[Path] = ()) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-    for path in paths:
-        digest.update(str(path).encode())
-        fingerprint_path(path, digest)
-    return digest.hexdigest()[:16]
 
 
 def _paths_named_in(value: Any) -> list[Path]:

@@ -60,7 +60,7 @@ from coretech.data.dataset_info import pretraining_entry, register_datasets
 from coretech.data.dedup import DedupConfig, DedupIndex, MinHasher, exact_hash
 from coretech.data.records import SkipLog
 from coretech.errors import CoreTechError
-from coretech.files import write_json_atomic, write_text_atomic
+from coretech.files import fingerprint, write_json_atomic, write_text_atomic
 from coretech.ipc import IpcScheme, Level, SchemeError
 
 SourceName = Literal["ipc", "patents", "general"]
@@ -581,11 +581,6 @@ class _Shard:
         }
 
 
-def _fingerprint(*parts: Any) -> str:
-    text = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
-
-
 def _file_stamp(path: Path) -> list[Any]:
     stat = path.stat()
     return [str(path), stat.st_size, stat.st_mtime_ns]
@@ -837,12 +832,12 @@ class _Build:
     def mix(self, fingerprints: dict[str, str], reports: dict[str, SourceReport]) -> dict[str, MixReport]:
         budgets = self.budgets({name: r.tokens for name, r in reports.items()})
         mixed_dir, state_dir = self.root / "mixed", self.state / "mix"
-        fingerprint = _fingerprint(fingerprints, budgets, self.config.seed)
-        if _read_json(state_dir / "fingerprint.json") != fingerprint:
+        mix_fingerprint = fingerprint(fingerprints, budgets, self.config.seed)
+        if _read_json(state_dir / "fingerprint.json") != mix_fingerprint:
             shutil.rmtree(mixed_dir, ignore_errors=True)
             shutil.rmtree(state_dir, ignore_errors=True)
             state_dir.mkdir(parents=True)
-            write_json_atomic(state_dir / "fingerprint.json", fingerprint)
+            write_json_atomic(state_dir / "fingerprint.json", mix_fingerprint)
         mixed_dir.mkdir(parents=True, exist_ok=True)
         result: dict[str, MixReport] = {}
         for name, report in reports.items():
@@ -916,7 +911,7 @@ class _Build:
                 raise CoreTechError(str(exc)) from None
         tokenizer = tokenizer_json(config.tokenizer)
         setup = _WorkerSetup(config, tokenizer, scheme)
-        chain = _fingerprint(
+        chain = fingerprint(
             BUILD_FORMAT,
             hashlib.sha256(tokenizer.encode()).hexdigest(),
             dataclasses.asdict(config.cleaning),
@@ -962,7 +957,7 @@ class _Build:
                         self.index.rollback(number << (2 * _SHARD_BITS))
                     continue
                 budgetless = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("tokens", "ratio")}
-                chain = _fingerprint(chain, name, budgetless, [_file_stamp(p) for p in files.get(name, [])])
+                chain = fingerprint(chain, name, budgetless, [_file_stamp(p) for p in files.get(name, [])])
                 fingerprints[name] = chain
                 reports[name] = self.build_source(name, number, chain, files.get(name, []), scheme)
             mix = self.mix(fingerprints, reports)
