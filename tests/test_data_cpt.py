@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from coretech.cli import main as cli_main
 from coretech.config import ConfigError, build_dataclass, load_yaml
 from coretech.data.cpt import CptCorpusConfig, _Build, build_cpt_corpus, load_cpt_config
-from coretech.data.records import RecordError
+from coretech.data.records import RecordError, SkipLog, iter_records
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "configs" / "smollm2-135m" / "prepare_cpt.yaml"
@@ -258,6 +259,38 @@ def test_resume_after_interruption_mid_build(tmp_path: Path, demo_build, monkeyp
 def test_two_workers_write_the_same_corpus_as_one(tmp_path: Path, demo_build) -> None:
     build_cpt_corpus(demo_config(), tmp_path, workers=2)
     assert shard_bytes(tmp_path / "cpt") == shard_bytes(demo_build[0] / "cpt")
+
+
+def test_gzip_inputs_give_the_same_documents(tmp_path: Path, demo_build) -> None:
+    """BigQuery's compressed exports (``.json.gz`` JSON Lines) and gzipped WuDao arrays read as they are."""
+    config = demo_config()
+    files = {}
+    for source in ("patents", "general"):
+        files[source] = []
+        for original in map(Path, getattr(config, source).files):
+            packed = tmp_path / "raw" / (original.name + ".gz")
+            packed.parent.mkdir(exist_ok=True)
+            packed.write_bytes(gzip.compress(original.read_bytes()))
+            files[source].append(str(packed))
+    build_cpt_corpus(demo_config(patents__files=files["patents"], general__files=files["general"]), tmp_path / "out")
+    for source in ("patents", "general"):
+        got = [(d["id"], d["text"]) for d in read_docs(tmp_path / "out" / "cpt" / source)]
+        assert got and got == [(d["id"], d["text"]) for d in read_docs(demo_build[0] / "cpt" / source)]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.jsonl.gz", gzip.compress(b""), r"empty\.jsonl\.gz: file is empty \(after decompression\)"),
+        ("broken.jsonl.gz", b"not gzip at all", r"broken\.jsonl\.gz: not a readable gzip file"),
+        ("table.csv.gz", gzip.compress(b"a,b\n1,2\n"), r"table\.csv\.gz: only JSON Lines may be gzip-compressed"),
+    ],
+)
+def test_bad_gzip_inputs_are_one_line_errors(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(RecordError, match=message):
+        list(iter_records(path, SkipLog()))
 
 
 # --- bad input -------------------------------------------------------------------------------

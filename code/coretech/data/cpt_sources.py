@@ -22,7 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from coretech.data.records import Record, RecordError, SkipLog, iter_jsonl, iter_records
+from coretech.data.records import (
+    Record,
+    SkipLog,
+    check_input_file,
+    input_suffix,
+    iter_jsonl,
+    iter_records,
+    open_input,
+)
 from coretech.ipc import InvalidIpcCode, IpcCode, IpcEntry, IpcScheme, parse_ipc
 
 DropKind = Literal["malformed", "filtered"]
@@ -58,16 +66,13 @@ def iter_corpus_records(path: Path, skips: SkipLog) -> Iterator[Record]:
     """Records of one input file, streamed whatever its size.
 
     ``.json`` is either a JSON array (WuDao), streamed element by element with ijson instead of
-    parsed whole, or newline-delimited JSON (BigQuery names its JSON Lines exports ``.json``).
-    Other extensions go to the shared reader.
+    parsed whole, or newline-delimited JSON (BigQuery names its JSON Lines exports ``.json``, and
+    ``.json.gz`` when compressed). Both may be gzip-compressed; other extensions go to the shared reader.
     """
-    if path.suffix.lower() != ".json":
+    if input_suffix(path) != ".json":
         return iter_records(path, skips)
-    if not path.is_file():
-        raise RecordError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise RecordError(f"{path}: file is empty")
-    with path.open("rb") as handle:
+    check_input_file(path)
+    with open_input(path) as handle:
         head = handle.read(1024)
     start = 3 if head.startswith(b"\xef\xbb\xbf") else 0
     if head[start:].lstrip()[:1] == b"[":
@@ -79,8 +84,8 @@ def _iter_json_array(path: Path, skips: SkipLog, start: int) -> Iterator[Record]
     import ijson
 
     index = -1
-    with path.open("rb") as handle:
-        handle.seek(start)
+    with open_input(path) as handle:
+        handle.read(start)  # the byte-order mark
         try:
             for index, item in enumerate(ijson.items(handle, "item", use_float=True)):
                 if not isinstance(item, dict):

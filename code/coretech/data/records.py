@@ -8,12 +8,13 @@ Nothing is dropped without a count: ``SkipLog`` collects counts per reason for t
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from coretech.errors import CoreTechError
 
@@ -74,6 +75,35 @@ class SkipLog:
         return {"total": self.total, "by_reason": dict(self.counts.most_common()), "examples": self.examples}
 
 
+def input_suffix(path: Path) -> str:
+    """The format's extension, looking through ``.gz`` (``patents.jsonl.gz`` is ``.jsonl``)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        return suffixes[-2] if len(suffixes) > 1 else ""
+    return suffixes[-1] if suffixes else ""
+
+
+def open_input(path: Path) -> IO[bytes]:
+    """A binary stream of the file's content: ``.gz`` files (BigQuery's compressed exports) decompress
+    on the fly, so a 100 GB export is never unpacked on disk."""
+    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
+
+
+def check_input_file(path: Path) -> None:
+    """Missing and empty files are errors, not empty sources; a ``.gz`` is empty when its content is."""
+    if not path.is_file():
+        raise RecordError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise RecordError(f"{path}: file is empty")
+    if path.suffix.lower() == ".gz":
+        try:
+            with open_input(path) as handle:
+                if not handle.read(1):
+                    raise RecordError(f"{path}: file is empty (after decompression)")
+        except (OSError, EOFError) as exc:
+            raise RecordError(f"{path}: not a readable gzip file ({exc})") from None
+
+
 def _decode_error(path: Path, line: int, exc: UnicodeDecodeError) -> RecordError:
     return RecordError(f"{path}:{line}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at column {exc.start + 1})")
 
@@ -84,7 +114,7 @@ def iter_jsonl(path: Path, skips: SkipLog | None = None) -> Iterator[Record]:
     Reading is in binary so that a single non-UTF-8 line is a counted, located skip rather than a
     decode error that aborts the whole file. Without ``skips`` every bad line is fatal.
     """
-    with path.open("rb") as handle:
+    with open_input(path) as handle:
         for number, raw in enumerate(handle, 1):
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
@@ -176,13 +206,15 @@ def iter_xlsx(path: Path, required: tuple[str, ...] = ()) -> Iterator[Record]:
 
 
 def iter_records(path: str | Path, skips: SkipLog | None = None, required: tuple[str, ...] = ()) -> Iterator[Record]:
-    """Records from any supported file, chosen by extension; empty and missing files are errors."""
+    """Records from any supported file, chosen by extension; empty and missing files are errors.
+
+    JSON Lines may be gzip-compressed (``.jsonl.gz``); tables and arrays are read uncompressed.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise RecordError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise RecordError(f"{path}: file is empty")
-    suffix = path.suffix.lower()
+    check_input_file(path)
+    suffix = input_suffix(path)
+    if path.suffix.lower() == ".gz" and suffix != ".jsonl":
+        raise RecordError(f"{path}: only JSON Lines may be gzip-compressed here (.jsonl.gz); decompress it first")
     if suffix == ".jsonl":
         return iter_jsonl(path, skips)
     if suffix == ".json":
