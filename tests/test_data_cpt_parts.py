@@ -6,6 +6,7 @@ import fcntl
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from coretech.data.clean import CleaningConfig, TextCleaner
@@ -141,6 +142,19 @@ def test_minhash_finds_near_duplicates_only(tmp_path: Path) -> None:
     assert index.near_duplicate_of(keys["b"], sigs["b"].tobytes()) is None
     assert index.exact_duplicate_of(exact_hash(base), 4) is None
     index.close()
+
+
+@pytest.mark.parametrize("length", [1, 3, 700, 40_000])
+def test_signature_is_datasketchs_minhash(length: int) -> None:
+    """The vectorised signature equals datasketch's affine32 MinHash of the same shingles, value for value."""
+    from datasketch import MinHash
+
+    config = DedupConfig(num_perm=64)
+    hasher = MinHasher(config)
+    ids = np.random.default_rng(length).integers(0, 49_152, size=length).tolist()
+    reference = MinHash(num_perm=64, seed=1, hashfunc=lambda value: value, scheme="affine32")
+    reference.update_batch(hasher.shingles(ids).tolist())
+    assert hasher.signature(ids).tolist() == reference.hashvalues.tolist()
 
 
 def test_sampling_keeps_the_same_shingles_in_every_document() -> None:
