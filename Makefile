@@ -45,7 +45,7 @@ format: install
 # Numbers go to docs/benchmarks.md; the whole set takes about half an hour on 2 cores.
 bench: install
 	$(PYTHON) -m coretech prepare sft --config configs/smollm2-135m/prepare_sft.yaml --out data/prepared/smollm2-135m
-	$(PYTHON) benchmarks/bench_cpt.py
+	$(PYTHON) benchmarks/bench_cpt.py --transformers-baseline
 	$(PYTHON) benchmarks/bench_sft.py
 	$(PYTHON) benchmarks/bench_predict.py
 	$(PYTHON) benchmarks/bench_eval.py

@@ -10,8 +10,9 @@ one run:
   MinHash dedup, tokenize, write shards, mix) in a subprocess whose process tree's RSS is sampled;
 * peak RSS of the builder at 1x and ``--scale``x corpus size.
 
-Usage (about 15 minutes on 2 cores at the defaults):
-    python benchmarks/bench_cpt.py --size-mb 200 --memory-base-mb 20 --scale 10
+Usage (the numbers in the docs are these defaults; about 12 minutes on 2 quiet cores, corpus
+generation included, and 4.5 GB of scratch space under --work-dir):
+    python benchmarks/bench_cpt.py --transformers-baseline
 Numbers go to docs/benchmarks.md, section "CPT corpus builder" (written by hand from the output).
 """
 
@@ -285,9 +286,9 @@ def build_in_child(config_path: str, out: str, workers: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=200, help="text in the throughput corpus")
-    parser.add_argument("--memory-base-mb", type=float, default=20, help="the 1x corpus of the memory runs")
+    parser.add_argument("--memory-base-mb", type=float, default=200, help="the 1x corpus of the memory runs")
     parser.add_argument("--scale", type=float, default=10, help="the large memory run is this many times 1x")
-    parser.add_argument("--repeats", type=int, default=1, help="throughput runs (the median is reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="throughput runs (the median is reported)")
     parser.add_argument("--workers", type=int, default=None, help="builder workers (default: all cores)")
     parser.add_argument("--near-dedup", choices=["on", "off"], default="on", help="MinHash dedup in the builder")
     parser.add_argument(
