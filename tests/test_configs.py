@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -89,6 +90,39 @@ def test_config_is_valid(path: Path):
     if not produced_by_a_stage and model != "models/smollm2-135m-instruct":  # the embedded model is made on demand
         assert check_model_path(model, str(path)) == []
     assert config.get("trust_remote_code", False) is False, "trust_remote_code stays off unless a recipe needs it"
+
+
+@pytest.mark.parametrize(
+    ("variant", "differences"),
+    [
+        ("ds_z3_small_config.json", {"zero_optimization.stage3_max_reuse_distance": 1e7}),
+        (
+            "ds_z3_offload_config.json",
+            {
+                "zero_optimization.offload_optimizer": {"device": "cpu", "pin_memory": True},
+                "zero_optimization.offload_param": {"device": "cpu", "pin_memory": True},
+            },
+        ),
+    ],
+)
+def test_deepspeed_variants_differ_from_zero3_only_where_documented(variant: str, differences: dict) -> None:
+    """The variants stay ZeRO-3 twins of the node config: a change to one is made to all of them."""
+
+    def flat(config: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in config.items():
+            if isinstance(value, dict) and not key.startswith("offload_"):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    base = flat(json.loads(Path("configs/deepspeed/ds_z3_config.json").read_text()))
+    other = flat(json.loads(Path("configs/deepspeed", variant).read_text()))
+    changed = {key: other.get(key) for key in base.keys() | other.keys() if base.get(key) != other.get(key)}
+    assert changed == differences
+    assert other["zero_optimization.stage"] == 3
+    assert variant in Path("configs/deepspeed/README.md").read_text()
 
 
 @pytest.mark.parametrize("model_dir", MODEL_DIRS)

@@ -48,7 +48,7 @@ def test_demo_runs_every_stage_through_torchrun_and_deepspeed_zero3(demo_run):
         config = (folder / "config.yaml").read_text()
         command = (folder / "command.txt").read_text()
         log = (folder / "train.log").read_text(errors="replace")
-        assert "deepspeed:" in config and "ds_z3_config.json" in config
+        assert "deepspeed:" in config and "ds_z3_small_config.json" in config
         assert "export FORCE_TORCHRUN=1" in command and "export NPROC_PER_NODE=2" in command
         assert f"llamafactory-cli train {folder / 'config.yaml'}" in command
         assert "world size: 2" in log, f"{stage}: the log does not show 2 processes"
