@@ -11,7 +11,8 @@ import pytest
 from coretech.cli import main as cli_main
 from coretech.config import ConfigError, build_dataclass, load_yaml
 from coretech.data.cpt import CptCorpusConfig, _Build, build_cpt_corpus, load_cpt_config
-from coretech.data.records import RecordError, SkipLog, iter_records
+from coretech.data.cpt_sources import iter_corpus_records
+from coretech.data.records import RecordError, SkipLog, iter_jsonl, iter_records
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "configs" / "smollm2-135m" / "prepare_cpt.yaml"
@@ -276,6 +277,37 @@ def test_gzip_inputs_give_the_same_documents(tmp_path: Path, demo_build) -> None
     for source in ("patents", "general"):
         got = [(d["id"], d["text"]) for d in read_docs(tmp_path / "out" / "cpt" / source)]
         assert got and got == [(d["id"], d["text"]) for d in read_docs(demo_build[0] / "cpt" / source)]
+
+
+def truncated_gzip(path: Path, array: bool) -> Path:
+    """Two thirds of a compressed file of 300 records: an interrupted download."""
+    records = [
+        {"id": str(n), "title": "标题", "content": f"第{n}条内容。" * 20, "dataType": "科技"} for n in range(300)
+    ]
+    if array:
+        content = json.dumps(records, ensure_ascii=False).encode()
+    else:
+        content = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    packed = gzip.compress(content)
+    path.write_bytes(packed[: len(packed) * 2 // 3])
+    return path
+
+
+@pytest.mark.parametrize("name", ["cut.jsonl.gz", "cut.json.gz"])
+def test_truncated_gzip_keeps_what_came_before_and_counts_the_loss(tmp_path: Path, name: str) -> None:
+    path = truncated_gzip(tmp_path / name, array=name == "cut.json.gz")
+    skips = SkipLog()
+    records = list(iter_corpus_records(path, skips))
+    reason = "compressed stream truncated or corrupt (rest of the file unreadable)"
+    assert 0 < len(records) < 300 and skips.counts[reason] == 1
+    where = f"{path}: record {len(records)}" if name == "cut.json.gz" else f"{path}:{len(records) + 1}"
+    assert skips.examples[reason][0].startswith(where)
+
+
+def test_truncated_gzip_is_fatal_without_a_skip_log(tmp_path: Path) -> None:
+    path = truncated_gzip(tmp_path / "cut.jsonl.gz", array=False)
+    with pytest.raises(RecordError, match=r"cut\.jsonl\.gz:\d+: compressed stream truncated or corrupt"):
+        list(iter_jsonl(path))
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from coretech.data.records import (
+    CORRUPT_COMPRESSION,
     Record,
     SkipLog,
     check_input_file,
@@ -95,6 +96,12 @@ def _iter_json_array(path: Path, skips: SkipLog, start: int) -> Iterator[Record]
         except ijson.JSONError as exc:
             # A syntax error ends an array stream: what follows cannot be split into records.
             skips.skip("not valid JSON (rest of the file unreadable)", f"{path}: record {index + 1}", str(exc)[:120])
+        except CORRUPT_COMPRESSION as exc:
+            skips.skip(
+                "compressed stream truncated or corrupt (rest of the file unreadable)",
+                f"{path}: record {index + 1}",
+                str(exc)[:120],
+            )
 
 
 def _entry_title(entry: IpcEntry, language: str) -> str | None:

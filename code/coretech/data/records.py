@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -75,6 +76,10 @@ class SkipLog:
         return {"total": self.total, "by_reason": dict(self.counts.most_common()), "examples": self.examples}
 
 
+# What reading a damaged .gz raises part-way (an interrupted download): the rest of the file is lost.
+CORRUPT_COMPRESSION = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
 def input_suffix(path: Path) -> str:
     """The format's extension, looking through ``.gz`` (``patents.jsonl.gz`` is ``.jsonl``)."""
     suffixes = [s.lower() for s in path.suffixes]
@@ -100,12 +105,26 @@ def check_input_file(path: Path) -> None:
             with open_input(path) as handle:
                 if not handle.read(1):
                     raise RecordError(f"{path}: file is empty (after decompression)")
-        except (OSError, EOFError) as exc:
+        except (OSError, *CORRUPT_COMPRESSION) as exc:
             raise RecordError(f"{path}: not a readable gzip file ({exc})") from None
 
 
 def _decode_error(path: Path, line: int, exc: UnicodeDecodeError) -> RecordError:
     return RecordError(f"{path}:{line}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at column {exc.start + 1})")
+
+
+def _numbered_lines(path: Path, skips: SkipLog | None) -> Iterator[tuple[int, bytes]]:
+    """Raw lines with their numbers; a damaged ``.gz`` ends the file with a located error or skip."""
+    number = 0
+    with open_input(path) as handle:
+        try:
+            for number, raw in enumerate(handle, 1):
+                yield number, raw
+        except CORRUPT_COMPRESSION as exc:
+            location = f"{path}:{number + 1}"
+            if skips is None:
+                raise RecordError(f"{location}: compressed stream truncated or corrupt ({exc})") from None
+            skips.skip("compressed stream truncated or corrupt (rest of the file unreadable)", location, str(exc))
 
 
 def iter_jsonl(path: Path, skips: SkipLog | None = None) -> Iterator[Record]:
@@ -114,31 +133,30 @@ def iter_jsonl(path: Path, skips: SkipLog | None = None) -> Iterator[Record]:
     Reading is in binary so that a single non-UTF-8 line is a counted, located skip rather than a
     decode error that aborts the whole file. Without ``skips`` every bad line is fatal.
     """
-    with open_input(path) as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                error = _decode_error(path, number, exc)
-                if skips is None:
-                    raise error from None
-                skips.skip("not UTF-8", f"{path}:{number}")
-                continue
-            if not text.strip():
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                if skips is None:
-                    raise RecordError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-                skips.skip("not valid JSON", f"{path}:{number}", exc.msg)
-                continue
-            if not isinstance(data, dict):
-                if skips is None:
-                    raise RecordError(f"{path}:{number}: expected a JSON object, got {type(data).__name__}")
-                skips.skip("not a JSON object", f"{path}:{number}")
-                continue
-            yield Record(data, path, line=number)
+    for number, raw in _numbered_lines(path, skips):
+        try:
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            error = _decode_error(path, number, exc)
+            if skips is None:
+                raise error from None
+            skips.skip("not UTF-8", f"{path}:{number}")
+            continue
+        if not text.strip():
+            continue
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if skips is None:
+                raise RecordError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            skips.skip("not valid JSON", f"{path}:{number}", exc.msg)
+            continue
+        if not isinstance(data, dict):
+            if skips is None:
+                raise RecordError(f"{path}:{number}: expected a JSON object, got {type(data).__name__}")
+            skips.skip("not a JSON object", f"{path}:{number}")
+            continue
+        yield Record(data, path, line=number)
 
 
 def iter_json_array(path: Path, skips: SkipLog | None = None) -> Iterator[Record]:
