@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -122,35 +123,30 @@ def _wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"llamafactory-cli api not ready after {SERVER_START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
-def test_api_server_answers_an_openai_chat_completion(
-    tmp_path: Path, embedded_model: Path, repo_root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from openai import OpenAI
-
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory: pytest.TempPathFactory, embedded_model: Path, repo_root: Path) -> Iterator[str]:
+    """`llamafactory-cli api` serving the embedded model on a loopback port; yields its /v1 URL."""
+    workdir = tmp_path_factory.mktemp("api")
     port = _free_port()
-    monkeypatch.setenv("API_PORT", str(port))
-    monkeypatch.delenv("API_HOST", raising=False)
-    monkeypatch.delenv("API_KEY", raising=False)
-    command = build_serve_command(
-        "api",
-        recipe=repo_root / "configs/smollm2-135m/api.yaml",
-        overrides=[f"model_name_or_path={embedded_model}", "max_new_tokens=16"],
-        workdir=tmp_path,
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("API_PORT", str(port))
+        patch.delenv("API_HOST", raising=False)
+        patch.delenv("API_KEY", raising=False)
+        command = build_serve_command(
+            "api",
+            recipe=repo_root / "configs/smollm2-135m/api.yaml",
+            overrides=[f"model_name_or_path={embedded_model}", "max_new_tokens=16"],
+            workdir=workdir,
+        )
     assert command.env == {"API_HOST": "127.0.0.1", "API_PORT": str(port)}  # loopback unless asked otherwise
-    log = tmp_path / "api.log"
+    log = workdir / "api.log"
     with log.open("wb") as sink:
         # One torch thread: on 2 shared cores it decodes several times faster (docs/benchmarks.md).
         env = child_environment({**command.env, "OMP_NUM_THREADS": "1"})
         server = subprocess.Popen(command.argv, env=env, stdout=sink, stderr=sink)
     try:
         _wait_until_ready(f"http://127.0.0.1:{port}/v1/models", server, log)
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=120)
-        response = client.chat.completions.create(
-            model="coretech",
-            messages=[{"role": "user", "content": "Which IPC codes does lithium battery technology involve?"}],
-            max_tokens=16,
-        )
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         server.terminate()
         try:
@@ -158,12 +154,50 @@ def test_api_server_answers_an_openai_chat_completion(
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_api_server_answers_an_openai_chat_completion(api_server: str) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=api_server, api_key="unused", timeout=120)
+    response = client.chat.completions.create(
+        model="coretech",
+        messages=[{"role": "user", "content": "Which IPC codes does lithium battery technology involve?"}],
+        max_tokens=16,
+    )
     assert response.object == "chat.completion"
     (choice,) = response.choices
     assert choice.message.role == "assistant"
     assert isinstance(choice.message.content, str) and choice.message.content.strip()
     assert choice.finish_reason in ("stop", "length")
     assert 0 < response.usage.completion_tokens <= 16 and response.usage.prompt_tokens > 0
+
+
+def test_teacher_rewriter_against_the_real_api_server(api_server: str, tmp_path: Path) -> None:
+    """The SFT teacher path end to end against `llamafactory-cli api`, as a user would point it.
+
+    A 135M model cut at 16 tokens cannot keep every code of a draft, so what matters here is the
+    protocol and the bookkeeping: every draft gets a reply, every reply is either accepted (and then
+    passes the same check as the build's) or rejected with a reason and the draft kept, and the
+    replies are cached.
+    """
+    from coretech.data.sft_teacher import TeacherRewriter, check_rewrite
+
+    draft_ipc = "IPC codes for drones:\nB64U10/00: Type of UAV\nG05D1/00: Control of position"
+    draft_tech = "Key technologies of drones:\n1. flight control\n2. swarm coordination"
+    jobs = [
+        ("Which IPC codes does the field of drones involve?", draft_ipc, "en", "ipc", []),
+        ("List the key technologies of drones.", draft_tech, "en", "tech", ["flight control"]),
+    ]
+    teacher = TeacherRewriter(api_server, "coretech", tmp_path / "cache.jsonl", temperature=0.0)
+    outputs = teacher.rewrite(jobs)
+    stats = teacher.stats
+    assert stats.requested == 2 and stats.accepted + sum(stats.rejected.values()) == 2
+    for (_, draft, _, task, terms), output in zip(jobs, outputs, strict=True):
+        assert output == draft or check_rewrite(draft, output, task, terms) is None
+    assert len((tmp_path / "cache.jsonl").read_text(encoding="utf-8").splitlines()) == 2
+    again = TeacherRewriter(api_server, "coretech", tmp_path / "cache.jsonl", temperature=0.0)
+    assert again.rewrite(jobs) == outputs and again.stats.cached == 2 and again.stats.requested == 0
 
 
 @pytest.mark.slow
