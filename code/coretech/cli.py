@@ -223,7 +223,8 @@ def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
         type=Path,
         action="append",
         default=None,
-        help="IPC scheme file(s) for the invalid-code rate",
+        help="IPC scheme file(s) for the invalid-code rate (default: the built-in WIPO IPC 2020.01 scheme; "
+        "title tables alone, e.g. Chinese titles, are added to it)",
     )
     evaluate.add_argument("--prediction-field", default="predict")
     evaluate.add_argument("--reference-field", default="label")

@@ -24,7 +24,7 @@ from coretech.errors import CoreTechError
 from coretech.eval.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE, score_ipc, score_tech, score_text
 from coretech.eval.tech import extract_technologies
 from coretech.files import atomic_open, write_json_atomic, write_text_atomic
-from coretech.ipc import LEVELS, IpcScheme, SchemeError, extract_ipc_codes
+from coretech.ipc import LEVELS, IpcScheme, SchemeError, extract_ipc_codes, load_scheme
 
 TASKS = ("ipc", "tech")
 CHART_FILE = "f1_by_level.png"
@@ -149,7 +149,9 @@ def evaluate_runs(
 
     Runs keep the order given (base, cpt, sft_stage1, ...): the table reads top to bottom as the
     pipeline went. All files are read and checked before anything is scored or written, so a bad
-    line in the last file does not leave a half-made report behind.
+    line in the last file does not leave a half-made report behind. Without ``scheme`` codes are
+    checked against the built-in full IPC scheme; which scheme judged them is recorded per run
+    (``ipc.scheme``, ``ipc.scheme_edition``) and printed in report.md.
     """
     if not runs:
         raise EvaluationError("no prediction files to evaluate")
@@ -159,17 +161,24 @@ def evaluate_runs(
         name: read_predictions(path, task=task, prediction_field=prediction_field, reference_field=reference_field)
         for name, path in runs.items()
     }
+    if scheme is None:
+        try:
+            scheme = load_scheme()
+        except SchemeError as exc:
+            raise EvaluationError(str(exc)) from None
     metrics: dict[str, dict] = {}
     for name, lines in read.items():
         run_metrics = score_predictions(lines, scheme=scheme, fuzzy_threshold=fuzzy_threshold, description=name)
         run_metrics["source"] = str(runs[name])
+        run_metrics["ipc.scheme"] = scheme.source
+        run_metrics["ipc.scheme_edition"] = scheme.edition
         metrics[name] = run_metrics
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_metrics_csv(metrics, out_dir / "metrics.csv")
     write_f1_chart(metrics, out_dir / CHART_FILE)
-    write_text_atomic(out_dir / "report.md", report_markdown(metrics, scheme_loaded=scheme is not None))
+    write_text_atomic(out_dir / "report.md", report_markdown(metrics))
     return metrics
 
 
@@ -322,7 +331,7 @@ def write_f1_chart(metrics: Mapping[str, Mapping[str, Any]], path: Path) -> Path
     return path
 
 
-def _run_details(name: str, run: Mapping[str, Any], scheme_loaded: bool) -> list[str]:
+def _run_details(name: str, run: Mapping[str, Any]) -> list[str]:
     lines = [f"### {name}", "", f"Source: `{run.get('source', '?')}`  "]
     lines.append(f"Lines scored: n = {run['n']} (IPC {run['n_ipc']}, key technologies {run['n_tech']})")
     lines += [
@@ -355,13 +364,13 @@ def _run_details(name: str, run: Mapping[str, Any], scheme_loaded: bool) -> list
         notes.append(f"{run['ipc.n_unscored']} IPC line(s) have no IPC code in the reference and are not scored.")
     if run.get("tech.n_unscored"):
         notes.append(f"{run['tech.n_unscored']} tech line(s) list no technology in the reference and are not scored.")
-    if scheme_loaded:
+    if run.get("ipc.n_invalid_codes") is not None:
         notes.append(
             f"Invalid codes: {run.get('ipc.n_invalid_codes')} of {run.get('ipc.n_predicted_codes')} predicted "
-            f"symbols are not in the IPC scheme (rate {_number(run.get('ipc.invalid_rate'))})."
+            f"symbols are not in the IPC scheme in use (rate {_number(run.get('ipc.invalid_rate'))})."
         )
     else:
-        notes.append("No IPC scheme given: the invalid-code rate is not computed (pass --scheme).")
+        notes.append("No IPC scheme given: the invalid-code rate is not computed.")
     notes.append(
         f"ROUGE-1 {_number(run.get('rouge_1'))}, ROUGE-2 {_number(run.get('rouge_2'))}, "
         f"ROUGE-L {_number(run.get('rouge_l'))}, BLEU-4 {_number(run.get('bleu_4'))} over all {run['n']} lines."
@@ -370,12 +379,16 @@ def _run_details(name: str, run: Mapping[str, Any], scheme_loaded: bool) -> list
     return lines
 
 
-def report_markdown(metrics: Mapping[str, Mapping[str, Any]], *, scheme_loaded: bool) -> str:
-    """report.md: the comparison table, the chart and per-run detail with every n."""
-    threshold = next(iter(metrics.values())).get("tech.fuzzy_threshold")
-    resamples = next(iter(metrics.values())).get("bootstrap_resamples")
+def report_markdown(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    """report.md: the scheme codes were checked against, the comparison table, the chart and per-run
+    detail with every n."""
+    first = next(iter(metrics.values()))
+    threshold = first.get("tech.fuzzy_threshold")
+    resamples = first.get("bootstrap_resamples")
     lines = [
         "# CoreTech evaluation",
+        "",
+        f"IPC scheme: {first.get('ipc.scheme') or 'none'}",
         "",
         metrics_table_markdown(metrics),
         f"F1 cells: micro F1 over answers [{CONFIDENCE:.0%} percentile bootstrap CI, {resamples} resamples "
@@ -389,7 +402,7 @@ def report_markdown(metrics: Mapping[str, Mapping[str, Any]], *, scheme_loaded: 
         "",
     ]
     for name, run in metrics.items():
-        lines += _run_details(name, run, scheme_loaded)
+        lines += _run_details(name, run)
     return "\n".join(lines)
 
 
@@ -416,12 +429,10 @@ def evaluate_from_cli(args: argparse.Namespace) -> int:
     """``coretech evaluate``: score the files, write the four outputs, print the table."""
     paths = [Path(p) for p in args.predictions]
     names = run_names(paths, args.name)
-    scheme = None
-    if args.scheme:
-        try:
-            scheme = IpcScheme.load(args.scheme)
-        except SchemeError as exc:
-            raise EvaluationError(str(exc)) from None
+    try:
+        scheme = load_scheme(args.scheme)  # none given: the built-in full scheme
+    except SchemeError as exc:
+        raise EvaluationError(str(exc)) from None
     metrics = evaluate_runs(
         dict(zip(names, paths, strict=True)),
         Path(args.out),
