@@ -191,3 +191,20 @@ def test_an_edited_file_is_read_again(tmp_path: Path) -> None:
     assert load_scheme([path]).title("G06N3/063", "zh") == "旧标题"
     path.write_text(textwrap.dedent("code,title,language\nG06N3/063,新的标题,zh\n"), encoding="utf-8")
     assert load_scheme([path]).title("G06N3/063", "zh") == "新的标题"
+
+
+def test_sample_tables_codes_newer_than_the_builtin_edition_are_the_documented_nine(samples: Path) -> None:
+    """data/samples/README.md lists the SFT tables' codes the 2019.01 scheme lacks; keep it true."""
+    from coretech.ipc import extract_ipc_codes
+
+    codes = set()
+    for name in ("key_tech_office.csv", "key_tech_papers.csv", "key_tech_extra_alpaca.jsonl"):
+        codes |= {str(c) for c in extract_ipc_codes((samples / name).read_text(encoding="utf-8"))}
+    newer = sorted(code for code in codes if code not in default_scheme())
+    assert len(codes) == 59
+    assert newer == [
+        *("B60W60/00", "B64U10/00", "G06F40/30", "G06N3/045", "G06V10/00"),
+        *("G06V10/82", "G06V20/56", "G06V40/16", "H04L67/10"),
+    ]
+    readme = (samples / "README.md").read_text(encoding="utf-8")
+    assert all(f"`{code}`" in readme for code in newer)
