@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from coretech.data.clean import CleaningConfig, TextCleaner
-from coretech.data.cpt import build_cpt_corpus
-from coretech.data.cpt_sources import PatentRenderer, Unusable, render_general, truncate_text
+from coretech.data.cpt import PatentRenderer, Unusable, build_cpt_corpus, render_general, truncate_text
 from coretech.data.dedup import DedupConfig, DedupIndex, MinHasher, exact_hash, similarity
 from coretech.errors import CoreTechError
 from coretech.ipc import IpcScheme
