@@ -43,7 +43,13 @@ from coretech.data.cpt.settings import (
     SourceName,
     load_cpt_config,
 )
-from coretech.data.cpt.sources import RenderedDocument, Unusable, iter_corpus_records, render_general
+from coretech.data.cpt.sources import (
+    RenderedDocument,
+    Unusable,
+    iter_corpus_records,
+    render_general,
+    render_ipc_description,
+)
 from coretech.data.cpt.workers import tokenizer_json
 
 __all__ = [
@@ -71,6 +77,7 @@ __all__ = [
     "load_cpt_config",
     "render_general",
     "render_ipc_definition",
+    "render_ipc_description",
     "tokenizer_json",
     "truncate_text",
 ]

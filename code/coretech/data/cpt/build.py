@@ -59,28 +59,37 @@ class _Build:
     def _source_stream(
         self, name: SourceName, files: list[Path], scheme: IpcScheme | None, start: list[int], router: _SkipRouter
     ) -> Iterator[tuple[list[int], str, Any]]:
-        """(position after the record, location, payload) from ``start`` = [file, records to skip]."""
+        """(position after the record, location, payload) from ``start`` = [part, records to skip].
+
+        The parts are the input files in order; for the IPC source the documents generated from the
+        scheme come first, as part 0.
+        """
         if start == _END:
             return
-        if name == "ipc":
-            assert scheme is not None and self.config.ipc is not None
-            documents = ipc_definition_documents(scheme, self.config.ipc.levels, self.config.ipc.languages)
-            for count, document in enumerate(documents, 1):
-                if count > start[1]:
-                    yield [0, count], f"IPC scheme: {document.name}", document
-            return
-        first_file, skip = start
-        for file_index in range(first_file, len(files)):
-            records = iter_corpus_records(files[file_index], router)
-            skip_here = skip if file_index == first_file else 0
+        parts: list[Any] = []
+        ipc = self.config.ipc
+        if name == "ipc" and ipc is not None and ipc.from_scheme:
+            assert scheme is not None
+
+            def scheme_documents() -> Iterator[tuple[str, Any]]:
+                for document in ipc_definition_documents(scheme, ipc.levels, ipc.languages):
+                    yield f"IPC scheme: {document.name}", document
+
+            parts.append(scheme_documents)
+        for path in files:
+            parts.append(lambda path=path: ((r.location, r.data) for r in iter_corpus_records(path, router)))
+        first_part, skip = start
+        for part_index in range(first_part, len(parts)):
+            records = parts[part_index]()
+            skip_here = skip if part_index == first_part else 0
             if skip_here:
                 target, router.target = router.target, SkipLog()  # counted by an earlier run
                 for _ in range(skip_here):
                     if next(records, None) is None:
                         break
                 router.target = target
-            for count, record in enumerate(records, skip_here + 1):
-                yield [file_index, count], record.location, record.data
+            for count, (location, payload) in enumerate(records, skip_here + 1):
+                yield [part_index, count], location, payload
 
     def _tasks(
         self,
@@ -132,7 +141,7 @@ class _Build:
                 shard.filtered.skip(reason, outcome.location, detail)
             return
         doc = (source_number << (2 * _SHARD_BITS)) | (shard.number << _SHARD_BITS) | outcome.index
-        dedup = self.config.dedup if getattr(self.config, name).dedup else None
+        dedup = self.config.dedup if outcome.dedup else None
         if dedup is not None and dedup.exact:
             original = self.index.exact_duplicate_of(outcome.exact, doc)
             if original is not None:
@@ -231,9 +240,7 @@ class _Build:
     def run(self) -> CptBuildReport:
         started = time.monotonic()
         config = self.config
-        files = {
-            name: _resolve_files(s.files, f"{name}.files") for name, s in config.sources().items() if name != "ipc"
-        }
+        files = {name: _resolve_files(s.files, f"{name}.files") for name, s in config.sources().items() if s.files}
         scheme = None
         if config.ipc_scheme:
             try:

@@ -1,5 +1,6 @@
 """Patent records (Google Patents public-data shape or the flat form) rendered as one document each:
-title, abstract, IPC codes with their titles, description cut to a configured length."""
+title, abstract, IPC codes with their titles, description cut to a configured length. The reference
+release's pre-rendered ``{patent_id, text}`` records are taken as they are, their listed codes validated."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Any
 
 from coretech.data.cpt.ipc_docs import _entry_title
 from coretech.data.cpt.sources import RenderedDocument, Unusable
-from coretech.ipc import InvalidIpcCode, IpcCode, IpcScheme, parse_ipc
+from coretech.ipc import InvalidIpcCode, IpcCode, IpcScheme, extract_ipc_codes, parse_ipc
 
 _CODE_SEPARATORS = re.compile(r"[;,|\n；，、]+")
+_CODE_LISTING = re.compile(r"IPC\s*分类号[^\n]*?[:：]|IPC (?:classification|codes?)[^\n]*?:", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[。！？.!?](?=\s|$)|[。！？]|\n")
 
 
@@ -44,6 +46,8 @@ class PatentRenderer:
         self.detect_language = detect_language
 
     def render(self, data: dict[str, Any]) -> RenderedDocument:
+        if "patent_id" in data:
+            return self.render_prerendered(data)
         google = "publication_number" in data or any(k.endswith("_localized") for k in data)
         key = "publication_number" if google else "id"
         name = data.get(key)
@@ -102,6 +106,28 @@ class PatentRenderer:
             description = truncate_text(description, self.description_max_chars)
             lines.append(f"说明书：\n{description}" if zh else f"Description:\n{description}")
         document.text = "\n".join(lines)
+        return document
+
+    def render_prerendered(self, data: dict[str, Any]) -> RenderedDocument:
+        """The reference release's ``{patent_id, text}``: the text is the document as it is; the IPC codes
+        it lists (after "IPC分类号", else anywhere) are read and checked against the scheme, each counted."""
+        name, text = data.get("patent_id"), data.get("text")
+        if name is None or (isinstance(name, str) and not name.strip()):
+            raise Unusable("missing patent_id")
+        if not isinstance(text, str):
+            raise Unusable("missing text" if text is None else "malformed field 'text'", "expected a string")
+        document = RenderedDocument(str(name).strip(), None, text.strip())
+        listing = _CODE_LISTING.search(text)
+        codes = extract_ipc_codes(text[listing.end() :] if listing else text)
+        if not codes:
+            document.notes.append("no IPC code")
+        for code in codes:
+            if self.scheme is None:
+                document.notes.append("IPC code in text not validated (no scheme)")
+            elif code in self.scheme:
+                document.notes.append("IPC code in text found in the scheme")
+            else:
+                document.notes.append("IPC code in text not in the scheme")
         return document
 
     @staticmethod

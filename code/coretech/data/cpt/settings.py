@@ -26,8 +26,15 @@ _END = [-1, -1]  # stream position of "everything read"
 
 @dataclass
 class IpcSourceConfig:
-    """IPC definition documents rendered from ``ipc_scheme``."""
+    """IPC definition documents rendered from ``ipc_scheme`` and/or read from description files.
 
+    ``files`` are the reference release's descriptions, JSON Lines ``{"ipc": "A01B", "des": "…"}``, used
+    as documents as they are (cleaned and always deduplicated); ``from_scheme: false`` uses them instead
+    of the documents generated from the scheme.
+    """
+
+    files: list[str] = field(default_factory=list)
+    from_scheme: bool = True
     levels: list[Level] = field(default_factory=lambda: ["section", "class", "subclass", "main_group"])
     languages: list[str] | None = None  # None: every language the scheme has titles in
     min_chars: int = 1
@@ -39,7 +46,8 @@ class IpcSourceConfig:
 
 @dataclass
 class PatentSourceConfig:
-    """Patents in Google Patents public-data shape or the flat form (files: paths or glob patterns)."""
+    """Patents in Google Patents public-data shape, the flat form, or the reference release's pre-rendered
+    ``{patent_id, text}`` (a JSON array or JSON Lines); files are paths or glob patterns."""
 
     files: list[str]
     description_max_chars: int = 2000
@@ -52,7 +60,8 @@ class PatentSourceConfig:
 
 @dataclass
 class GeneralSourceConfig:
-    """A general corpus in WuDao's JSON format, filtered on ``dataType``."""
+    """A general corpus in WuDao's JSON format, filtered on ``dataType`` (records without one, as in the
+    reference release's ``{id, content}`` JSON Lines, are kept and counted in the report's notes)."""
 
     files: list[str]
     keep_data_types: list[str] = field(default_factory=list)  # empty: keep every dataType not dropped
@@ -87,8 +96,10 @@ class CptCorpusConfig:
         sources = self.sources()
         if not sources:
             raise ValueError("configure at least one source: ipc, patents or general")
-        if self.ipc is not None and not self.ipc_scheme:
-            raise ValueError("ipc: needs ipc_scheme (the WIPO XML and/or title tables)")
+        if self.ipc is not None and self.ipc.from_scheme and not self.ipc_scheme:
+            raise ValueError("ipc: needs ipc_scheme (the WIPO XML and/or title tables), or from_scheme: false")
+        if self.ipc is not None and not self.ipc.from_scheme and not self.ipc.files:
+            raise ValueError("ipc: from_scheme is false and no files are listed: nothing to read")
         if not 1 <= self.shard_records < 2**_SHARD_BITS:
             raise ValueError(f"shard_records: must be between 1 and {2**_SHARD_BITS - 1}")
         if self.batch_records < 1:

@@ -8,8 +8,11 @@
   BigQuery's ``*_localized`` names; ``ipc``/``cpc`` entries with ``code``) or in a flat form
   (``id``, ``title``, ``abstract``, ``description``, ``classifications``). One document per
   patent: title, abstract, IPC codes with their titles, description cut to a configured length.
+  The reference release's pre-rendered ``{patent_id, text}`` is read as it is (see ``patents``).
 * The general corpus is WuDao's JSON (``id``, ``title``, ``content``, ``dataType``), filtered by
-  ``dataType``.
+  ``dataType``; records without the key (the reference release's ``{id, content}`` JSON Lines) are
+  kept unfiltered, and counted.
+* IPC descriptions from the reference release, ``{"ipc": "A01B", "des": "…"}``, are documents as they are.
 
 Rendering raises ``Unusable`` with a reason; the builder counts it, so nothing is dropped silently.
 """
@@ -31,6 +34,7 @@ from coretech.data.records import (
     iter_records,
     open_input,
 )
+from coretech.ipc import InvalidIpcCode, IpcScheme, parse_ipc
 
 DropKind = Literal["malformed", "filtered"]
 
@@ -107,10 +111,13 @@ def _iter_json_array(path: Path, skips: SkipLog, start: int) -> Iterator[Record]
 
 def render_general(data: dict[str, Any], keep_types: list[str], drop_types: list[str]) -> RenderedDocument:
     """Title and content of a WuDao entry, after the dataType filter."""
+    notes = []
     data_type = data.get("dataType")
-    if data_type in drop_types:
+    if "dataType" not in data:
+        notes.append("no dataType: type filter not applied")
+    elif data_type in drop_types:
         raise Unusable(f"dataType dropped: {data_type}", kind="filtered")
-    if keep_types and data_type not in keep_types:
+    elif keep_types and data_type not in keep_types:
         raise Unusable(f"dataType not kept: {data_type if data_type is not None else '(none)'}", kind="filtered")
     content = data.get("content")
     if not isinstance(content, str):
@@ -122,4 +129,24 @@ def render_general(data: dict[str, Any], keep_types: list[str], drop_types: list
     content = content.strip()
     text = content if not title or content.startswith(title) else f"{title}\n{content}"
     name = data.get("id", data.get("uniqueKey"))
-    return RenderedDocument("" if name is None else str(name), None, text)
+    return RenderedDocument("" if name is None else str(name), None, text, notes=notes)
+
+
+# --- IPC descriptions (the reference release) ------------------------------------------------
+
+
+def render_ipc_description(data: dict[str, Any], scheme: IpcScheme | None) -> RenderedDocument:
+    """An ``{"ipc", "des"}`` record as its document; the code must parse, and is checked against the scheme."""
+    code, text = data.get("ipc"), data.get("des")
+    if not isinstance(code, str) or not code.strip():
+        raise Unusable("missing ipc" if code is None else "malformed field 'ipc'", "expected an IPC code")
+    if not isinstance(text, str):
+        raise Unusable("missing des" if text is None else "malformed field 'des'", "expected a string")
+    try:
+        parsed = parse_ipc(code)
+    except InvalidIpcCode:
+        raise Unusable("invalid IPC code in 'ipc'", repr(code)) from None
+    notes = []
+    if scheme is not None and parsed not in scheme:
+        notes.append("IPC code not in the scheme")
+    return RenderedDocument(f"ipc:{parsed}:des", None, text, notes=notes)

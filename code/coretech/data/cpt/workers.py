@@ -18,7 +18,7 @@ from typing import Any
 from coretech.data.clean import TextCleaner
 from coretech.data.cpt.patents import PatentRenderer
 from coretech.data.cpt.settings import CptCorpusConfig
-from coretech.data.cpt.sources import RenderedDocument, Unusable, render_general
+from coretech.data.cpt.sources import RenderedDocument, Unusable, render_general, render_ipc_description
 from coretech.data.dedup import MinHasher, exact_hash
 from coretech.errors import CoreTechError
 from coretech.ipc import IpcScheme
@@ -40,6 +40,7 @@ class _Outcome:
     exact: int = 0
     keys: list[int] = field(default_factory=list)
     signature: bytes = b""
+    dedup: bool = False  # the source's setting; description files read for the IPC source always are
 
 
 @dataclass
@@ -56,6 +57,7 @@ class _Worker:
         from tokenizers import Tokenizer
 
         self.config = setup.config
+        self.scheme = setup.scheme
         self.cleaner = TextCleaner(setup.config.cleaning)
         self.languages = set(setup.config.cleaning.languages)
         self.tokenizer = Tokenizer.from_str(setup.tokenizer_json)
@@ -74,7 +76,7 @@ class _Worker:
 
     def _render(self, source: str, payload: Any) -> RenderedDocument:
         if source == "ipc":
-            return payload
+            return payload if isinstance(payload, RenderedDocument) else render_ipc_description(payload, self.scheme)
         if source == "patents":
             assert self.patents is not None
             return self.patents.render(payload)
@@ -104,11 +106,12 @@ class _Worker:
                 outcome.drop = (exc.kind, exc.reason, exc.detail)
                 continue
             outcome.language, outcome.text = language, text
+            outcome.dedup = settings.dedup or (source == "ipc" and not isinstance(payload, RenderedDocument))
             pending.append(outcome)
         if pending:
             encodings = self.tokenizer.encode_batch_fast([o.text for o in pending], add_special_tokens=False)
-            dedup = self.config.dedup if settings.dedup else None
             for outcome, encoding in zip(pending, encodings, strict=True):
+                dedup = self.config.dedup if outcome.dedup else None
                 ids = encoding.ids
                 outcome.tokens = len(ids)
                 if dedup is not None and dedup.exact:
