@@ -9,7 +9,8 @@ from coretech.ipc.codes import (
     extract_ipc_codes,
     parse_ipc,
 )
-from coretech.ipc.scheme import IpcEntry, IpcScheme, SchemeError
+from coretech.ipc.default import config_root, default_scheme, load_scheme, resolve_scheme_paths
+from coretech.ipc.scheme import IpcEntry, IpcScheme, SchemeError, UnknownIpcCode
 
 __all__ = [
     "LEVELS",
@@ -19,7 +20,12 @@ __all__ = [
     "IpcScheme",
     "Level",
     "SchemeError",
+    "UnknownIpcCode",
     "canonical_ipc",
+    "config_root",
+    "default_scheme",
     "extract_ipc_codes",
+    "load_scheme",
     "parse_ipc",
+    "resolve_scheme_paths",
 ]

