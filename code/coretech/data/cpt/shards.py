@@ -3,6 +3,7 @@ tallies (the marker written after it), and the input-file helpers the build fing
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 from collections import Counter
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coretech.data.cpt.faults import note_file
 from coretech.data.records import SkipLog
 from coretech.errors import CoreTechError
 from coretech.files import atomic_open
@@ -37,21 +39,29 @@ class _ShardWriter:
         self.handle: Any = None
 
     def write(self, line: str) -> None:
-        if self.handle is None:
-            self.context = atomic_open(self.final, tmp_dir=self.tmp_dir)
-            self.handle = self.context.__enter__()
-        self.handle.write(line)
+        try:
+            if self.handle is None:
+                self.context = atomic_open(self.final, tmp_dir=self.tmp_dir)
+                self.handle = self.context.__enter__()
+            self.handle.write(line)
+        except OSError as exc:
+            raise note_file(exc, self.final) from None
 
     def commit(self) -> None:
         if self.context is not None:
             context, self.context, self.handle = self.context, None, None
-            context.__exit__(None, None, None)
+            try:
+                context.__exit__(None, None, None)
+            except OSError as exc:
+                raise note_file(exc, self.final) from None
 
     def abort(self) -> None:
         if self.context is not None:
             context, self.context, self.handle = self.context, None, None
-            # the context manager removes the temporary file when it sees an exception
-            context.__exit__(RuntimeError, RuntimeError("shard aborted"), None)
+            # the context manager removes the temporary file when it sees an exception; closing the file
+            # may fail again on a full disk, which must not hide the first error
+            with contextlib.suppress(OSError):
+                context.__exit__(RuntimeError, RuntimeError("shard aborted"), None)
 
 
 @dataclass

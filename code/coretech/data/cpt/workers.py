@@ -6,9 +6,11 @@ Results come back in task order whatever the number of workers, so the output do
 from __future__ import annotations
 
 import os
+import signal
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import lru_cache
 from multiprocessing import get_context
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from coretech.data.clean import TextCleaner
+from coretech.data.cpt.faults import signals_deferred
 from coretech.data.cpt.patents import PatentRenderer
 from coretech.data.cpt.settings import CptCorpusConfig
 from coretech.data.cpt.sources import RenderedDocument, Unusable, render_general, render_ipc_description
@@ -131,6 +134,9 @@ def _init_worker(setup: _WorkerSetup) -> None:
     # One Rust thread per worker process: the processes already use every core.
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # Ctrl-C reaches the whole process group: the main process stops the workers, which must not
+    # each print a KeyboardInterrupt traceback of their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER = _Worker(setup)
 
 
@@ -170,20 +176,58 @@ class _Workers:
                 initargs=(self.setup,),
             )
         pending: deque = deque()
+
+        def oldest() -> tuple[int, list[_Outcome]]:
+            shard, future = pending.popleft()
+            try:
+                return future.result()
+            except BrokenProcessPool:
+                raise WorkerDied(shard) from None
+
         try:
             for task in tasks:
-                pending.append(self.pool.submit(_process_in_worker, task))
+                try:
+                    with signals_deferred():  # submit may start a worker process
+                        pending.append((task[1], self.pool.submit(_process_in_worker, task)))
+                except BrokenProcessPool:  # the pool broke before this task: the oldest in flight was lost
+                    raise WorkerDied(pending[0][0] if pending else task[1]) from None
                 if len(pending) >= 3 * self.count:
-                    yield pending.popleft().result()
+                    yield oldest()
             while pending:
-                yield pending.popleft().result()
+                yield oldest()
         finally:
-            for future in pending:
+            for _, future in pending:
                 future.cancel()
 
     def close(self) -> None:
+        """Wait for the workers to finish their tasks and exit (the build's normal end)."""
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def terminate(self) -> None:
+        """Stop every worker now (interrupted or failed build): nothing they compute would be used."""
+        if self.pool is None:
+            return
+        processes = list((self.pool._processes or {}).values())
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+        self.pool = None
+
+
+class WorkerDied(Exception):
+    """A worker process ended abruptly (killed, out of memory) while it held a task of ``shard``."""
+
+    def __init__(self, shard: int) -> None:
+        super().__init__(f"a worker process died during shard {shard}")
+        self.shard = shard
 
 
 @lru_cache(maxsize=4)
