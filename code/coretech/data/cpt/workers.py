@@ -6,7 +6,9 @@ Results come back in task order whatever the number of workers, so the output do
 from __future__ import annotations
 
 import os
+import pickle
 import signal
+import tempfile
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -129,7 +131,7 @@ class _Worker:
 _WORKER: _Worker | None = None
 
 
-def _init_worker(setup: _WorkerSetup) -> None:
+def _init_worker(setup_file: str) -> None:
     global _WORKER
     # One Rust thread per worker process: the processes already use every core.
     os.environ["RAYON_NUM_THREADS"] = "1"
@@ -137,6 +139,8 @@ def _init_worker(setup: _WorkerSetup) -> None:
     # Ctrl-C reaches the whole process group: the main process stops the workers, which must not
     # each print a KeyboardInterrupt traceback of their own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with open(setup_file, "rb") as handle:
+        setup = pickle.load(handle)  # noqa: S301 (written by the parent process a moment ago)
     _WORKER = _Worker(setup)
 
 
@@ -156,6 +160,7 @@ class _Workers:
 
     def __init__(self, setup: _WorkerSetup, count: int) -> None:
         self.setup, self.count = setup, count
+        self.setup_file: Path | None = None
         self.local: _Worker | None = None
         self.pool: ProcessPoolExecutor | None = None
 
@@ -169,11 +174,20 @@ class _Workers:
                 yield shard, self.local.process(source, items)
             return
         if self.pool is None:
+            # The settings (tokenizer, scheme: megabytes) reach the workers through a file: as start-up
+            # arguments they would go through a pipe that blocks the main process until each new worker
+            # has started Python and read them, and a stop signal could not be acted on in between.
+            # The file lives in the system's temporary folder, not beside the corpus: a full output disk
+            # must fail on a shard, and the file goes when the pool does.
+            fd, setup_file = tempfile.mkstemp(prefix="coretech-cpt-workers.", suffix=".pickle")
+            self.setup_file = Path(setup_file)
+            with os.fdopen(fd, "wb") as handle:
+                pickle.dump(self.setup, handle, protocol=pickle.HIGHEST_PROTOCOL)
             self.pool = ProcessPoolExecutor(
                 max_workers=self.count,
                 mp_context=get_context("spawn"),  # fork after tokenizers' threads start can deadlock
                 initializer=_init_worker,
-                initargs=(self.setup,),
+                initargs=(str(setup_file),),
             )
         pending: deque = deque()
 
@@ -204,6 +218,7 @@ class _Workers:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+        self._remove_setup_file()
 
     def terminate(self) -> None:
         """Stop every worker now (interrupted or failed build): nothing they compute would be used."""
@@ -220,6 +235,12 @@ class _Workers:
                 process.kill()
                 process.join(timeout=5)
         self.pool = None
+        self._remove_setup_file()
+
+    def _remove_setup_file(self) -> None:
+        if self.setup_file is not None:
+            self.setup_file.unlink(missing_ok=True)
+            self.setup_file = None
 
 
 class WorkerDied(Exception):
