@@ -300,13 +300,23 @@ def bench_ipc_full_scheme(args: argparse.Namespace, workers: int) -> None:
     runs = []
     for _ in range(args.repeats):
         build = run_builder(config, args.work_dir / f"out-ipc-{args.ipc_depth}", workers)
-        runs.append({"entries": build["kept"], "tokens": build["tokens"], "seconds": build["seconds"]})
+        runs.append(
+            {
+                "entries": build["kept"],
+                "tokens": build["tokens"],
+                "seconds": build["seconds"],
+                "cpu_seconds": build["cpu_seconds"],
+            }
+        )
         print(
             f"IPC from the full scheme down to {args.ipc_depth}: {build['kept']:,} entries, "
-            f"{build['tokens']:,} tokens, {build['seconds']:.1f} s, peak RSS {build['peak_rss_mb']:.0f} MB",
+            f"{build['tokens']:,} tokens, {build['seconds']:.1f} s ({build['cpu_seconds']:.0f} CPU-s), "
+            f"peak RSS {build['peak_rss_mb']:.0f} MB",
             flush=True,
         )
-    median = {key: statistics.median(run[key] for run in runs) for key in ("entries", "tokens", "seconds")}
+    median = {
+        key: statistics.median(run[key] for run in runs) for key in ("entries", "tokens", "seconds", "cpu_seconds")
+    }
     results = {"depth": args.ipc_depth, "workers": workers, "runs": runs, "median": median}
     args.work_dir.mkdir(parents=True, exist_ok=True)
     (args.work_dir / f"results-ipc-{args.ipc_depth}.json").write_text(json.dumps(results, indent=2))
