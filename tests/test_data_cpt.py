@@ -10,8 +10,7 @@ import pytest
 
 from coretech.cli import main as cli_main
 from coretech.config import ConfigError, build_dataclass, load_yaml
-from coretech.data.cpt import CptCorpusConfig, _Build, build_cpt_corpus, load_cpt_config
-from coretech.data.cpt_sources import iter_corpus_records
+from coretech.data.cpt import CptCorpusConfig, _Build, build_cpt_corpus, iter_corpus_records, load_cpt_config
 from coretech.data.records import RecordError, SkipLog, iter_jsonl, iter_records
 
 REPO = Path(__file__).resolve().parent.parent

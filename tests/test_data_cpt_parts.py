@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from coretech.data.clean import CleaningConfig, TextCleaner
-from coretech.data.cpt import build_cpt_corpus
-from coretech.data.cpt_sources import PatentRenderer, Unusable, render_general, truncate_text
+from coretech.data.cpt import PatentRenderer, Unusable, build_cpt_corpus, render_general, truncate_text
 from coretech.data.dedup import DedupConfig, DedupIndex, MinHasher, exact_hash, similarity
 from coretech.errors import CoreTechError
 from coretech.ipc import IpcScheme
@@ -104,7 +103,9 @@ def test_general_filter_order_and_errors() -> None:
     with pytest.raises(Unusable, match="dataType dropped: 娱乐"):
         render_general({"dataType": "娱乐", "content": "x"}, keep, drop)
     with pytest.raises(Unusable, match=r"dataType not kept: \(none\)"):
-        render_general({"content": "x"}, keep, drop)
+        render_general({"content": "x", "dataType": None}, keep, drop)
+    # the reference release's WuDao JSON Lines have no dataType: kept, and the report counts it
+    assert render_general({"id": 3, "content": "x"}, keep, drop).notes == ["no dataType: type filter not applied"]
     with pytest.raises(Unusable, match="missing content") as info:
         render_general({"dataType": "百科"}, keep, drop)
     assert info.value.kind == "malformed"

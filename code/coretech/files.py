@@ -16,23 +16,29 @@ HASH_CONTENT_LIMIT = 256 * 1024 * 1024  # bigger files are fingerprinted by size
 
 
 @contextmanager
-def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | Path, mode: str = "w", encoding: str | None = "utf-8", tmp_dir: str | Path | None = None
+) -> Iterator[IO[Any]]:
     """Write to a temporary file beside ``path`` and rename it over ``path`` only on success.
 
     The temporary file sits in the same directory so the final ``os.replace`` is a rename on one
-    file system, which POSIX makes atomic.
+    file system, which POSIX makes atomic. ``tmp_dir`` puts it elsewhere on the same file system, for
+    folders whose readers take every file they find (LLaMA-Factory loads all files of a dataset folder).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    where = path.parent if tmp_dir is None else Path(tmp_dir)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=where)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write or fsync (a full disk) names no file by itself
         raise
 
 
