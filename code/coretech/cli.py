@@ -165,9 +165,25 @@ def _add_infer_parsers(sub: argparse._SubParsersAction) -> None:
     )
     predict.add_argument(
         "--backend",
-        choices=["auto", "hf", "vllm"],
+        choices=["auto", "hf", "vllm", "retrieval"],
         default="auto",
-        help="auto (default): vllm when a CUDA GPU and vLLM are present, otherwise hf",
+        help="auto (default): vllm when a CUDA GPU and vLLM are present, otherwise hf; retrieval: the BM25 "
+        "baseline (top-k codes from the IPC scheme and the training split; the model only encodes prompts)",
+    )
+    predict.add_argument(
+        "--constrain-codes",
+        action="store_true",
+        help="every IPC code the model writes is a code of the scheme (also the recipe key constrain_codes: true)",
+    )
+    predict.add_argument(
+        "--scheme",
+        type=Path,
+        action="append",
+        default=None,
+        help="IPC scheme file(s) for --constrain-codes and --backend retrieval (default: data/samples' scheme)",
+    )
+    predict.add_argument(
+        "--k", type=int, default=None, help="codes per retrieval answer (default: recipe's retrieval_k, else 5)"
     )
     predict.add_argument("--out", type=Path, required=True, help="output file (generated_predictions.jsonl)")
     predict.add_argument("--max-samples", type=int, default=None, help="the first N records (default: the recipe's)")
