@@ -22,12 +22,14 @@ from coretech.data.records import Record, SkipLog, iter_records
 from coretech.errors import CoreTechError
 from coretech.ground.index import CodeIndex, segment
 from coretech.ipc import IpcScheme, parse_ipc
+from coretech.log import get_logger
 
 if TYPE_CHECKING:
     from llamafactory.data.parser import DatasetAttr
 
     from coretech.infer.prompts import EncodedPrompt
 
+log = get_logger(__name__)
 TRAIN_DATASET = "coretech_sft_train"
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
@@ -145,7 +147,14 @@ class RetrievalGenerator:
         for item in encoded:
             record = by_location[item.location]
             questions[tuple(item.prompt_ids)] = {**record.data, "_question": question_of(record, attr)}
-        return cls(CodeIndex.build(scheme, train), TechIndex(train), scheme, questions, k)
+        index = CodeIndex.build(scheme, train)
+        if index.codes_not_in_scheme:
+            log.warning(
+                "retrieval: %d training codes are not in the IPC scheme and are never answered: %s",
+                len(index.codes_not_in_scheme),
+                ", ".join(index.codes_not_in_scheme[:10]),
+            )
+        return cls(index, TechIndex(train), scheme, questions, k)
 
     def answer(self, record: dict[str, Any]) -> str:
         question = record["_question"]

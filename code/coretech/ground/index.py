@@ -54,6 +54,7 @@ class CodeDocument:
     text: str
     codes: list[str]
     origin: str
+    subject: str | None = None  # the training subject it describes (None for scheme titles)
 
 
 @dataclass
@@ -92,7 +93,7 @@ def training_documents(records: Iterable[dict[str, Any]]) -> list[CodeDocument]:
             for code in extract_ipc_codes(answer):
                 entry.codes.setdefault(str(code))
     return [
-        CodeDocument(" ".join([name, *entry.texts]), list(entry.codes), f"train:{entry.origin}")
+        CodeDocument(" ".join([name, *entry.texts]), list(entry.codes), f"train:{entry.origin}", name)
         for name, entry in subjects.items()
         if entry.codes
     ]
@@ -110,15 +111,28 @@ class CodeIndex:
         self.bm25 = bm25s.BM25()
         self.bm25.index([segment(d.text) for d in self.documents], show_progress=False)
         self.vocabulary = set(self.bm25.vocab_dict)
+        self.codes_not_in_scheme: list[str] = []
 
     @classmethod
     def build(
         cls, scheme: IpcScheme, training_records: Iterable[dict[str, Any]], levels: Iterable[str] = LEVELS
     ) -> CodeIndex:
-        return cls(scheme_documents(scheme, levels) + training_documents(training_records))
+        """The scheme's documents and the training split's; a training code the scheme lacks is left
+        out (counted in ``codes_not_in_scheme``), so retrieval answers only with existing codes."""
+        training = training_documents(training_records)
+        missing: dict[str, None] = {}
+        for document in training:
+            missing.update(dict.fromkeys(c for c in document.codes if c not in scheme))
+            document.codes = [c for c in document.codes if c in scheme]
+        index = cls(scheme_documents(scheme, levels) + [d for d in training if d.codes])
+        index.codes_not_in_scheme = list(missing)
+        return index
 
-    def search(self, question: str, k: int) -> list[tuple[str, float]]:
-        """The ``k`` best codes for ``question`` with their scores, best first (fewer when fewer match)."""
+    def search(self, question: str, k: int, exclude_subject: str | None = None) -> list[tuple[str, float]]:
+        """The ``k`` best codes for ``question`` with their scores, best first (fewer when fewer match).
+
+        ``exclude_subject`` leaves that training subject's document out: a training question's
+        candidates then come from other subjects, as a test question's do."""
         tokens = [t for t in segment(question) if t in self.vocabulary]
         if not tokens:
             return []
@@ -128,7 +142,10 @@ class CodeIndex:
             score = float(scores[position])
             if score <= 0 or len(best) >= k:
                 break
-            for code in self.documents[position].codes:
+            document = self.documents[position]
+            if exclude_subject is not None and document.subject == exclude_subject:
+                continue
+            for code in document.codes:
                 if code not in best and len(best) < k:
                     best[code] = score
         return list(best.items())

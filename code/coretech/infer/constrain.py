@@ -94,9 +94,8 @@ class CodeAutomaton:
         elif phase in {"main", "sp2", "slash"}:
             if not self._main_ok(prefix.rstrip("/")):
                 raise Forbidden(prefix)
-        elif phase == "sub":
-            if count < 2 or prefix not in self.codes:
-                raise Forbidden(prefix)
+        elif phase == "sub" and (count < 2 or prefix not in self.codes):
+            raise Forbidden(prefix)
 
     def step(self, state: State, char: str) -> State:
         """The state after ``char`` (NFKC-normalised); raises Forbidden."""
@@ -358,12 +357,6 @@ class IpcLogitsProcessor:
         for row, generated in enumerate(input_ids[:, self.prompt_width :].tolist()):
             constrain_row(self.trackers[row], generated, scores[row])
         return scores
-
-
-def build_constraint(
-    scheme: IpcScheme, tokenizer: PreTrainedTokenizer, stop_token_ids: Iterable[int]
-) -> TokenConstraint:
-    return TokenConstraint(CodeAutomaton.from_scheme(scheme), tokenizer, stop_token_ids)
 
 
 # Until the full WIPO scheme is the default everywhere, the sample scheme the demo's data was built from.

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 from coretech.errors import CoreTechError
 
 if TYPE_CHECKING:
-    from coretech.infer.constrain import CodeAutomaton
     from llamafactory.data.template import Template
     from llamafactory.hparams import GeneratingArguments, ModelArguments
     from transformers import PreTrainedTokenizer
+
+    from coretech.infer.constrain import CodeAutomaton
 
 
 def generation_kwargs(
