@@ -62,8 +62,9 @@ def test_texts_whose_codes_all_exist_are_accepted(automaton, text):
         "G06Q10/00",  # a subclass the scheme lacks
         "G06N3/064",  # a subgroup the scheme lacks
         "G06F16/245-16/248",  # a range would name G06F16/248
-        "H01M 4",  # H01M4/00 exists, but the span ends at a bare main group "4"? no: that is H01M4/00
-    ][:4],
+        "G06F 17/30",  # spaced forms are read too
+        "Ｇ０６Ｆ１７／３０",  # and full-width ones
+    ],
 )
 def test_texts_with_a_code_outside_the_scheme_are_refused(automaton, text):
     assert not accepts(automaton, text)
@@ -120,19 +121,33 @@ def tokenizer(embedded_model):
     return AutoTokenizer.from_pretrained(embedded_model)
 
 
-def test_token_mask_refuses_tokens_that_would_write_a_code_outside_the_scheme(tokenizer):
+def _allowed_after(tokenizer, constraint, text, favour=()):
+    """Token ids left allowed after ``text``; ``favour`` ids get the best scores (inside a code only
+    the model's best TOP_K tokens are checked)."""
     import torch
 
-    scheme = load_scheme()
-    constraint = TokenConstraint(CodeAutomaton.from_scheme(scheme), tokenizer, [tokenizer.eos_token_id])
     processor = IpcLogitsProcessor(constraint, batch_size=1, prompt_width=0)
-    so_far = tokenizer.encode("Codes: G06")
     scores = torch.zeros(1, len(tokenizer))
-    processor(torch.tensor([so_far]), scores)
-    allowed = {tokenizer.decode([i]) for i in torch.nonzero(scores[0] > float("-inf")).flatten().tolist()}
-    subclasses = {code[3] for code in constraint.automaton.codes if code.startswith("G06")}
-    assert allowed and all(text[:1] in subclasses for text in allowed), sorted(allowed)[:20]
-    assert tokenizer.eos_token_id not in [tokenizer.convert_tokens_to_ids(t) for t in allowed]
+    scores[0, list(favour)] = 10.0
+    processor(torch.tensor([tokenizer.encode(text)]), scores)
+    return set(torch.nonzero(scores[0] > float("-inf")).flatten().tolist())
+
+
+def test_token_mask_refuses_tokens_that_would_write_a_code_outside_the_scheme(tokenizer):
+    constraint = TokenConstraint(CodeAutomaton.from_scheme(load_scheme()), tokenizer, [tokenizer.eos_token_id])
+    codes = constraint.automaton.codes
+    # After "G06" a capital letter makes a subclass: only the scheme's G06 subclasses may follow.
+    letters = [tokenizer.convert_tokens_to_ids(c) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
+    eos = tokenizer.eos_token_id
+    allowed = _allowed_after(tokenizer, constraint, "Codes: G06", favour=[*letters, eos])
+    capitals = {tokenizer.decode([i]) for i in allowed if i in letters}
+    assert capitals == {code[3] for code in codes if code.startswith("G06")}
+    assert eos in allowed  # "G06" alone is no code: the answer may end
+    # Inside an unfinished subgroup only digits leading to a scheme code are allowed; no end.
+    digits = [tokenizer.convert_tokens_to_ids(c) for c in "0123456789"]
+    allowed = _allowed_after(tokenizer, constraint, "Codes: G06N3/06", favour=[*digits, eos])
+    assert eos not in allowed and allowed <= set(digits)
+    assert allowed and all(any(c.startswith("G06N3/06" + tokenizer.decode([i])) for c in codes) for i in allowed)
 
 
 def _invalid_rate(path: Path, scheme) -> tuple[int, int]:
@@ -142,3 +157,86 @@ def _invalid_rate(path: Path, scheme) -> tuple[int, int]:
         for c in extract_ipc_codes(json.loads(line)["predict"])
     ]
     return sum(1 for c in codes if not scheme.exists(c)), len(codes)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread decodes fastest on the 2 shared cores (docs/benchmarks.md, Inference)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# The base model answers the plain demo questions in prose without any code-shaped text (so its
+# invalid rate is undefined); a system prompt showing the answer layout makes it write codes, one
+# of the two examples (G06Q10/08) being absent from the sample scheme.
+PRIMING = "You are a patent examiner. Answer with IPC codes, one per line, for example:\nH04W4/00\nG06Q10/08"
+
+
+@pytest.fixture(scope="module")
+def primed_demo_questions(prepared_demo_data, tmp_path_factory) -> Path:
+    """The demo test split's first IPC_TASK questions, with the priming system prompt."""
+    folder = tmp_path_factory.mktemp("primed")
+    info = json.loads((prepared_demo_data / "dataset_info.json").read_text(encoding="utf-8"))
+    test_file = prepared_demo_data / info["coretech_sft_test"]["file_name"]
+    rows = [json.loads(line) for line in test_file.read_text(encoding="utf-8").splitlines()]
+    ipc = [{**row, "system": PRIMING} for row in rows if row["task"] == "ipc"][:6]
+    (folder / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ipc), encoding="utf-8")
+    entry = dict(info["coretech_sft_test"], file_name="test.jsonl")
+    (folder / "dataset_info.json").write_text(json.dumps({"primed_test": entry}), encoding="utf-8")
+    return folder
+
+
+def test_the_real_model_writes_only_scheme_codes_when_constrained(embedded_model, primed_demo_questions, tmp_path):
+    from coretech.infer.predict import run_prediction
+
+    recipe = tmp_path / "predict.yaml"
+    text = Path("configs/smollm2-135m/predict.yaml").read_text(encoding="utf-8")
+    recipe.write_text(text.replace("max_new_tokens: 96", "max_new_tokens: 40"), encoding="utf-8")
+    scheme = load_scheme()
+    rates = {}
+    for constrained in (False, True):
+        out = tmp_path / f"constrained_{constrained}.jsonl"
+        run_prediction(
+            model=str(embedded_model),
+            adapter=None,
+            dataset_dir=primed_demo_questions,
+            dataset="primed_test",
+            out_file=out,
+            recipe=recipe,
+            backend="hf",
+            constrain_codes=constrained,
+        )
+        rates[constrained] = _invalid_rate(out, scheme)
+    invalid, total = rates[True]
+    assert total > 0 and invalid == 0, rates
+    invalid, total = rates[False]
+    assert total > 0 and invalid > 0, rates
+
+
+@pytest.mark.gpu
+def test_vllm_constrained_answers_have_only_scheme_codes(embedded_model, primed_demo_questions, tmp_path):
+    """The same check through vLLM's logits-processor API; needs a CUDA GPU and vLLM."""
+    import torch
+
+    from coretech.infer.predict import run_prediction
+    from coretech.infer.vllm import vllm_available
+
+    if not (torch.cuda.is_available() and vllm_available()):
+        pytest.skip("needs a CUDA GPU and vLLM")
+    out = tmp_path / "vllm.jsonl"
+    run_prediction(
+        model=str(embedded_model),
+        adapter=None,
+        dataset_dir=primed_demo_questions,
+        dataset="primed_test",
+        out_file=out,
+        recipe=Path("configs/smollm2-135m/predict.yaml"),
+        backend="vllm",
+        constrain_codes=True,
+    )
+    invalid, total = _invalid_rate(out, load_scheme())
+    assert total > 0 and invalid == 0
