@@ -240,3 +240,14 @@ def test_vllm_constrained_answers_have_only_scheme_codes(embedded_model, primed_
     )
     invalid, total = _invalid_rate(out, load_scheme())
     assert total > 0 and invalid == 0
+
+
+def test_preflight_accepts_coretech_keys_of_a_predict_recipe_and_checks_their_type():
+    from coretech.config import load_yaml
+    from coretech.preflight import check_llamafactory_config
+
+    path = Path("configs/smollm2-135m/predict.yaml")
+    config = {**load_yaml(path), "constrain_codes": True, "retrieval_k": 5}
+    assert check_llamafactory_config(config, path, "train", this_machine=False) == []
+    problems = check_llamafactory_config({**config, "retrieval_k": "five"}, path, "train", this_machine=False)
+    assert len(problems) == 1 and "retrieval_k must be a int" in str(problems[0])

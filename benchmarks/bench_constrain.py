@@ -1,0 +1,156 @@
+"""The cost and effect of constrained IPC decoding, and the retrieval baseline's speed.
+
+Runs the real ``run_prediction`` on the embedded SmolLM2-135M-Instruct with the demo predict recipe
+(greedy, ``max_new_tokens`` lowered to 40) over the demo test split's IPC_TASK questions, with and
+without ``constrain_codes``, alternating, ``--repeats`` times each, and reports the medians: items/s,
+the constrained/unconstrained generation-time ratio, the one-off setup (the vocabulary masks, in
+model loading) and the invalid-code rate of the answers. The base model answers the plain questions
+in prose without codes, so the questions carry a system prompt that shows the answer layout (the
+same priming as tests/test_infer_constrain.py). Also times ``--backend retrieval`` on the whole split.
+
+The result replaces the "## Grounded answers" section of docs/benchmarks.md.
+
+Usage: .venv/bin/python benchmarks/bench_constrain.py --dataset-dir DIR [--questions 6] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmark_docs import write_section  # benchmarks/benchmark_docs.py, beside this script
+
+from coretech.infer.constrain import load_scheme
+from coretech.infer.predict import run_prediction
+from coretech.ipc import extract_ipc_codes
+from coretech.models import ensure_embedded_model
+from coretech.tables import markdown_table
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "configs" / "smollm2-135m" / "predict.yaml"
+SECTION = "## Grounded answers"
+PRIMING = "You are a patent examiner. Answer with IPC codes, one per line, for example:\nH04W4/00\nG06Q10/08"
+
+
+def primed_questions(dataset_dir: Path, folder: Path, count: int) -> int:
+    """The split's first ``count`` IPC_TASK questions with the priming system prompt, as ``primed_test``."""
+    info = json.loads((dataset_dir / "dataset_info.json").read_text(encoding="utf-8"))
+    rows = [json.loads(x) for x in (dataset_dir / info["coretech_sft_test"]["file_name"]).read_text().splitlines()]
+    ipc = [{**row, "system": PRIMING} for row in rows if row.get("task") == "ipc"][:count]
+    (folder / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ipc))
+    entry = dict(info["coretech_sft_test"], file_name="test.jsonl")
+    (folder / "dataset_info.json").write_text(json.dumps({"primed_test": entry}))
+    return len(ipc)
+
+
+def invalid_codes(path: Path, scheme) -> tuple[int, int]:
+    codes = [c for line in path.read_text().splitlines() for c in extract_ipc_codes(json.loads(line)["predict"])]
+    return sum(1 for c in codes if not scheme.exists(c)), len(codes)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset-dir", type=Path, required=True, help="a prepared demo folder (coretech prepare sft)")
+    parser.add_argument("--questions", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true", help="print the section instead of writing the docs")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    model = ensure_embedded_model(REPO / "models" / "smollm2-135m-instruct")
+    scheme = load_scheme()
+    work = Path(tempfile.mkdtemp(prefix="bench_constrain_"))
+    n = primed_questions(args.dataset_dir, work, args.questions)
+    recipe = work / "predict.yaml"
+    recipe.write_text(RECIPE.read_text().replace("max_new_tokens: 96", "max_new_tokens: 40"))
+
+    runs: dict[bool, list] = {False: [], True: []}
+    for repeat in range(args.repeats):
+        for constrained in (False, True):
+            out = work / f"run_{constrained}_{repeat}.jsonl"
+            result = run_prediction(
+                model=str(model),
+                adapter=None,
+                dataset_dir=work,
+                dataset="primed_test",
+                out_file=out,
+                recipe=recipe,
+                backend="hf",
+                batch_size=n,
+                constrain_codes=constrained,
+            )
+            runs[constrained].append((result.seconds, result.load_seconds, invalid_codes(out, scheme)))
+            print(f"repeat {repeat} constrained={constrained}: {result.seconds:.1f} s", file=sys.stderr)
+
+    retrieval = run_prediction(
+        model=str(model),
+        adapter=None,
+        dataset_dir=args.dataset_dir,
+        dataset="coretech_sft_test",
+        out_file=work / "retrieval.jsonl",
+        recipe=RECIPE,
+        backend="retrieval",
+    )
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    rows = []
+    for constrained in (False, True):
+        seconds = [s for s, _, _ in runs[constrained]]
+        invalid, total = runs[constrained][0][2]
+        rows.append(
+            [
+                "constrained" if constrained else "plain",
+                n,
+                f"{median(seconds):.1f}",
+                f"{min(seconds):.1f}–{max(seconds):.1f}",
+                f"{n / median(seconds):.3f}",
+                f"{median([load for _, load, _ in runs[constrained]]):.1f}",
+                f"{invalid}/{total} = {invalid / total:.2f}" if total else "no codes",
+            ]
+        )
+    ratio = median([s for s, _, _ in runs[True]]) / median([s for s, _, _ in runs[False]])
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    body = "\n".join(
+        [
+            SECTION,
+            "",
+            "`benchmarks/bench_constrain.py`: `coretech predict --backend hf` with and without `--constrain-codes`",
+            f"on the embedded SmolLM2-135M-Instruct, the demo test split's first {n} IPC_TASK questions in one batch,",
+            "greedy, `max_new_tokens: 40`, a system prompt showing the answer layout (without it the base model writes",
+            f"no codes at all); sample IPC scheme ({len(scheme)} entries). Median of {args.repeats} alternating runs.",
+            f"Machine: CPU, {os.cpu_count()} cores, 1 torch thread, torch {torch.__version__}, "
+            f"CPython {platform.python_version()}; load average {load:.1f} at the end (cores shared with other jobs).",
+            "",
+            markdown_table(
+                ["decoding", "items", "generation s", "min–max", "items/s", "load s (incl. masks)", "invalid codes"],
+                rows,
+            ),
+            "",
+            f"Added prediction time: constrained / plain generation time = **{ratio:.2f}×** (median). The one-off",
+            "vocabulary masks are built while the model loads (the load column).",
+            "",
+            f"Retrieval baseline (`--backend retrieval`, k = 5) on the whole split: {retrieval.written} answers in "
+            f"{retrieval.seconds:.2f} s ({retrieval.items_per_second:.0f} items/s) after {retrieval.load_seconds:.1f} s "
+            "of setup (tokenizer, scheme, BM25 index).",
+            "",
+        ]
+    )
+    if args.no_write:
+        print(body)
+    else:
+        print(write_section(SECTION, body))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
