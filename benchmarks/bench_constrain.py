@@ -140,8 +140,8 @@ def main() -> int:
             "vocabulary masks are built while the model loads (the load column).",
             "",
             f"Retrieval baseline (`--backend retrieval`, k = 5) on the whole split: {retrieval.written} answers in "
-            f"{retrieval.seconds:.2f} s ({retrieval.items_per_second:.0f} items/s) after {retrieval.load_seconds:.1f} s "
-            "of setup (tokenizer, scheme, BM25 index).",
+            f"{retrieval.seconds:.2f} s ({retrieval.items_per_second:.0f} items/s) after "
+            f"{retrieval.load_seconds:.1f} s of setup (tokenizer, scheme, BM25 index).",
             "",
         ]
     )
