@@ -49,6 +49,11 @@ def primed_questions(dataset_dir: Path, folder: Path, count: int) -> int:
     return len(ipc)
 
 
+def answer_tokens(path: Path, tokenizer) -> int:
+    """Tokens generated (re-encoded answers): constrained answers differ in length from plain ones."""
+    return sum(len(tokenizer.encode(json.loads(line)["predict"])) + 1 for line in path.read_text().splitlines())
+
+
 def invalid_codes(path: Path, scheme) -> tuple[int, int]:
     codes = [c for line in path.read_text().splitlines() for c in extract_ipc_codes(json.loads(line)["predict"])]
     return sum(1 for c in codes if not scheme.exists(c)), len(codes)
@@ -63,12 +68,14 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
+    from transformers import AutoTokenizer
 
     torch.set_num_threads(1)
     model = ensure_embedded_model(REPO / "models" / "smollm2-135m-instruct")
     scheme = load_scheme()
     work = Path(tempfile.mkdtemp(prefix="bench_constrain_"))
     n = primed_questions(args.dataset_dir, work, args.questions)
+    tokenizer = AutoTokenizer.from_pretrained(model)
     recipe = work / "predict.yaml"
     recipe.write_text(RECIPE.read_text().replace("max_new_tokens: 96", "max_new_tokens: 40"))
 
@@ -87,7 +94,8 @@ def main() -> int:
                 batch_size=n,
                 constrain_codes=constrained,
             )
-            runs[constrained].append((result.seconds, result.load_seconds, invalid_codes(out, scheme)))
+            per_token = result.seconds / answer_tokens(out, tokenizer)
+            runs[constrained].append((result.seconds, result.load_seconds, invalid_codes(out, scheme), per_token))
             print(f"repeat {repeat} constrained={constrained}: {result.seconds:.1f} s", file=sys.stderr)
 
     retrieval = run_prediction(
@@ -105,7 +113,7 @@ def main() -> int:
 
     rows = []
     for constrained in (False, True):
-        seconds = [s for s, _, _ in runs[constrained]]
+        seconds = [run[0] for run in runs[constrained]]
         invalid, total = runs[constrained][0][2]
         rows.append(
             [
@@ -114,11 +122,14 @@ def main() -> int:
                 f"{median(seconds):.1f}",
                 f"{min(seconds):.1f}–{max(seconds):.1f}",
                 f"{n / median(seconds):.3f}",
-                f"{median([load for _, load, _ in runs[constrained]]):.1f}",
+                f"{median([run[1] for run in runs[constrained]]):.1f}",
+                f"{median([run[3] for run in runs[constrained]]):.3f}",
                 f"{invalid}/{total} = {invalid / total:.2f}" if total else "no codes",
             ]
         )
-    ratio = median([s for s, _, _ in runs[True]]) / median([s for s, _, _ in runs[False]])
+    # Each constrained run against the plain run just before it (the load of other jobs drifts).
+    pairs = [c[3] / p[3] for p, c in zip(runs[False], runs[True], strict=True)]
+    ratio = median(pairs)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     body = "\n".join(
         [
@@ -132,12 +143,14 @@ def main() -> int:
             f"CPython {platform.python_version()}; load average {load:.1f} at the end (cores shared with other jobs).",
             "",
             markdown_table(
-                ["decoding", "items", "generation s", "min–max", "items/s", "load s (incl. masks)", "invalid codes"],
+                ["decoding", "items", "generation s", "min–max", "items/s", "load s (incl. masks)", "s/token", "invalid codes"],
                 rows,
             ),
             "",
-            f"Added prediction time: constrained / plain generation time = **{ratio:.2f}×** (median). The one-off",
-            "vocabulary masks are built while the model loads (the load column).",
+            f"Added prediction time: constrained / plain seconds per generated token = **{ratio:.2f}×** (median of",
+            f"the {len(pairs)} back-to-back pairs: {', '.join(f'{x:.2f}' for x in pairs)}); per token because the",
+            "constrained answers differ from the plain ones in length. The one-off vocabulary masks are built",
+            "while the model loads (the load column).",
             "",
             f"Retrieval baseline (`--backend retrieval`, k = 5) on the whole split: {retrieval.written} answers in "
             f"{retrieval.seconds:.2f} s ({retrieval.items_per_second:.0f} items/s) after "

@@ -251,3 +251,28 @@ def test_preflight_accepts_coretech_keys_of_a_predict_recipe_and_checks_their_ty
     assert check_llamafactory_config(config, path, "train", this_machine=False) == []
     problems = check_llamafactory_config({**config, "retrieval_k": "five"}, path, "train", this_machine=False)
     assert len(problems) == 1 and "retrieval_k must be a int" in str(problems[0])
+
+
+def test_vllm_request_processor_masks_like_the_hf_one(embedded_model, tokenizer, tmp_path):
+    """The per-request function vLLM's adapter calls, built from what a request carries (the codes
+    file and stop ids in ``extra_args``); vLLM itself is not needed for this part."""
+    import types
+
+    import torch
+
+    from coretech.infer.constrain_vllm import EXTRA_KEY, IpcCodesLogitsProcessor, write_codes_file
+
+    codes = CodeAutomaton.from_scheme(load_scheme())
+    codes_file = write_codes_file(codes, tmp_path)
+    assert set(codes_file.read_text(encoding="utf-8").split()) == codes.codes
+    processor = object.__new__(IpcCodesLogitsProcessor)  # vLLM passes its config to __init__
+    processor.tokenizer_name = str(embedded_model)
+    assert processor.new_req_logits_processor(types.SimpleNamespace(extra_args=None)) is None
+    settings = {"codes_file": str(codes_file), "stop_ids": [tokenizer.eos_token_id]}
+    request = processor.new_req_logits_processor(types.SimpleNamespace(extra_args={EXTRA_KEY: settings}))
+    digits = [tokenizer.convert_tokens_to_ids(c) for c in "0123456789"]
+    logits = torch.zeros(len(tokenizer))
+    logits[[*digits, tokenizer.eos_token_id]] = 10.0
+    masked = request(tokenizer.encode("Codes: G06N3/06"), logits)
+    allowed = set(torch.nonzero(masked > float("-inf")).flatten().tolist())
+    assert allowed and allowed <= set(digits) and tokenizer.eos_token_id not in allowed
