@@ -143,7 +143,7 @@ def main() -> int:
             f"CPython {platform.python_version()}; load average {load:.1f} at the end (cores shared with other jobs).",
             "",
             markdown_table(
-                ["decoding", "items", "generation s", "min–max", "items/s", "load s (incl. masks)", "s/token", "invalid codes"],
+                ["decoding", "items", "generation s", "min–max", "items/s", "load s", "s/token", "invalid codes"],
                 rows,
             ),
             "",
