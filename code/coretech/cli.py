@@ -55,6 +55,16 @@ def _add_prepare_parser(sub: argparse._SubParsersAction) -> None:
     sft.add_argument("--strict", action="store_true", help="stop at the first malformed row instead of counting it")
     sft.set_defaults(handler=_prepare_sft)
 
+    rag = what.add_parser(
+        "rag", help="write <name>_rag variants of the prepared SFT datasets with retrieved candidate codes"
+    )
+    rag.add_argument("--dataset-dir", type=Path, required=True, help="the prepared folder (has dataset_info.json)")
+    rag.add_argument("--k", type=int, default=10, help="candidate codes per IPC_TASK question (default 10)")
+    rag.add_argument(
+        "--scheme", type=Path, action="append", default=None, help="IPC scheme file(s) (default: data/samples')"
+    )
+    rag.set_defaults(handler=_prepare_rag)
+
 
 def _prepare_model(args: argparse.Namespace) -> int:
     from coretech.models import ensure_embedded_model
@@ -76,6 +86,15 @@ def _prepare_sft(args: argparse.Namespace) -> int:
 
     config = load_sft_config(args.config, inputs=args.input)
     report = build_sft_datasets(config, args.out, strict=args.strict)
+    print(report.markdown())
+    return 0
+
+
+def _prepare_rag(args: argparse.Namespace) -> int:
+    from coretech.ground.rag import build_rag_datasets
+    from coretech.infer.constrain import load_scheme
+
+    report = build_rag_datasets(args.dataset_dir, args.k, load_scheme(args.scheme))
     print(report.markdown())
     return 0
 
@@ -165,9 +184,25 @@ def _add_infer_parsers(sub: argparse._SubParsersAction) -> None:
     )
     predict.add_argument(
         "--backend",
-        choices=["auto", "hf", "vllm"],
+        choices=["auto", "hf", "vllm", "retrieval"],
         default="auto",
-        help="auto (default): vllm when a CUDA GPU and vLLM are present, otherwise hf",
+        help="auto (default): vllm when a CUDA GPU and vLLM are present, otherwise hf; retrieval: the BM25 "
+        "baseline (top-k codes from the IPC scheme and the training split; the model only encodes prompts)",
+    )
+    predict.add_argument(
+        "--constrain-codes",
+        action="store_true",
+        help="every IPC code the model writes is a code of the scheme (also the recipe key constrain_codes: true)",
+    )
+    predict.add_argument(
+        "--scheme",
+        type=Path,
+        action="append",
+        default=None,
+        help="IPC scheme file(s) for --constrain-codes and --backend retrieval (default: data/samples' scheme)",
+    )
+    predict.add_argument(
+        "--k", type=int, default=None, help="codes per retrieval answer (default: recipe's retrieval_k, else 5)"
     )
     predict.add_argument("--out", type=Path, required=True, help="output file (generated_predictions.jsonl)")
     predict.add_argument("--max-samples", type=int, default=None, help="the first N records (default: the recipe's)")

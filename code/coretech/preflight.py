@@ -135,6 +135,14 @@ def check_llamafactory_config(
     from llamafactory.hparams.parser import _parse_infer_args, _parse_train_args
 
     problems: list[Problem] = []
+    if config.get("do_predict"):
+        from coretech.infer.recipe import split_coretech_keys
+
+        # A predict recipe may carry CoreTech's own keys (constrain_codes, ...): not LLaMA-Factory's to judge.
+        try:
+            config = split_coretech_keys(config, str(recipe) if recipe else "config")[0]
+        except CoreTechError as exc:
+            return [Problem(str(recipe) if recipe else "config", str(exc))]
     known = _llamafactory_fields(kind)
     for key, value in config.items():
         if key not in known:

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from llamafactory.hparams import GeneratingArguments, ModelArguments
     from transformers import PreTrainedTokenizer
 
+    from coretech.infer.constrain import CodeAutomaton
+
 
 def generation_kwargs(
     generating_args: GeneratingArguments, stop_token_ids: list[int], pad_token_id: int
@@ -54,7 +56,9 @@ class HfGenerator:
         tokenizer: PreTrainedTokenizer,
         template: Template,
         generating_args: GeneratingArguments,
+        codes: CodeAutomaton | None = None,
     ) -> None:
+        """``codes``: constrain every IPC code the model writes to the scheme's (``coretech.infer.constrain``)."""
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -83,6 +87,11 @@ class HfGenerator:
         self.pad_token_id = tokenizer.pad_token_id
         self.skip_special_tokens = generating_args.skip_special_tokens
         self.kwargs = generation_kwargs(generating_args, self.stop_token_ids, self.pad_token_id)
+        self.constraint = None
+        if codes is not None:
+            from coretech.infer.constrain import TokenConstraint
+
+            self.constraint = TokenConstraint(codes, tokenizer, self.stop_token_ids)
 
     def generate(self, batch: list[list[int]]) -> list[str]:
         import torch
@@ -92,15 +101,28 @@ class HfGenerator:
         input_ids = [[self.pad_token_id] * (width - len(ids)) + ids for ids in batch]
         attention_mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids in batch]
         device = self.model.device
+        extra: dict[str, Any] = {}
+        if self.constraint is not None:
+            from transformers import LogitsProcessorList
+
+            from coretech.infer.constrain import IpcLogitsProcessor
+
+            extra["logits_processor"] = LogitsProcessorList([IpcLogitsProcessor(self.constraint, len(batch), width)])
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids=torch.tensor(input_ids, device=device),
                 attention_mask=torch.tensor(attention_mask, device=device),
                 **self.kwargs,
+                **extra,
             )
         answers = []
         for row in output[:, width:].tolist():
             # Everything after the first stop token is padding from the batch's longer answers.
             end = next((i for i, token in enumerate(row) if token in self.stop_token_ids), len(row))
             answers.append(self.tokenizer.decode(row[:end], skip_special_tokens=self.skip_special_tokens))
+        if self.constraint is not None:
+            from coretech.infer.constrain import trim_unfinished_code
+
+            # A code cut off by max_new_tokens would be read as a shorter code that may not exist.
+            answers = [trim_unfinished_code(answer, self.constraint.automaton) for answer in answers]
         return answers

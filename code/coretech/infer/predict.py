@@ -27,7 +27,7 @@ from coretech.errors import CoreTechError
 from coretech.infer.recipe import PredictRecipe, find_recipe, load_predict_recipe, resolve_model
 from coretech.infer.vllm import MISSING_VLLM, vllm_available
 
-BACKENDS = ("auto", "hf", "vllm")
+BACKENDS = ("auto", "hf", "vllm", "retrieval")  # retrieval: BM25 top-k codes, no model (coretech.ground)
 # vLLM batches continuously on its own; a chunk only bounds the work a kill can lose.
 VLLM_CHUNK = 512
 # tqdm's default turns a rate under 1/s into s/item; the issue asks for items per second throughout.
@@ -74,8 +74,8 @@ def choose_backend(requested: str) -> tuple[str, str]:
     """The backend to use and why: ``auto`` takes vLLM only when both a CUDA GPU and vLLM are there."""
     if requested not in BACKENDS:
         raise CoreTechError(f"unknown backend {requested!r} (choose from {', '.join(BACKENDS)})")
-    if requested == "hf":
-        return "hf", "requested"
+    if requested in ("hf", "retrieval"):
+        return requested, "requested"
     import torch
 
     if requested == "vllm":
@@ -143,11 +143,18 @@ def run_prediction(
     max_samples: int | None = None,
     batch_size: int | None = None,
     template: str | None = None,
+    constrain_codes: bool = False,
+    scheme_files: list[Path] | None = None,
+    retrieval_k: int | None = None,
 ) -> PredictionResult:
     """Generate an answer for every usable record of ``dataset`` not yet in ``out_file``.
 
     ``template`` (a run's training template) overrides the recipe's; ``max_samples`` and
     ``batch_size`` override the recipe's ``max_samples`` and ``per_device_eval_batch_size``.
+    ``constrain_codes`` (or the recipe's ``constrain_codes: true``) holds every IPC code the model
+    writes to ``scheme_files`` (default: the sample scheme). Backend ``retrieval`` answers with the
+    BM25 top ``retrieval_k`` codes (default: the recipe's ``retrieval_k``, else 5) from the scheme and
+    the dataset folder's ``coretech_sft_train``; the model only supplies the prompt encoding.
     """
     from tqdm import tqdm
 
@@ -191,15 +198,32 @@ def run_prediction(
     if not pending:
         return result
 
-    if chosen == "vllm":
-        from coretech.infer.vllm import VllmGenerator
+    codes = None
+    if chosen != "retrieval" and (constrain_codes or settings.coretech.get("constrain_codes", False)):
+        from coretech.infer.constrain import CodeAutomaton, load_scheme
 
-        generator: Any = VllmGenerator(model_args, tokenizer, chat_template, generating_args)
+        codes = CodeAutomaton.from_scheme(load_scheme(scheme_files))
+        _say(f"constrained decoding: IPC codes limited to {len(codes.codes)} codes of the scheme")
+    if chosen == "retrieval":
+        from coretech.ground.answer import RetrievalGenerator
+
+        k = retrieval_k or settings.coretech.get("retrieval_k", 5)
+        generator: Any = RetrievalGenerator.for_dataset(Path(dataset_dir), records, attr, encoded, scheme_files, k)
+        step = batch_size or settings.batch_size
+    elif chosen == "vllm":
+        if codes is not None:
+            from coretech.infer.constrain_vllm import ConstrainedVllmGenerator
+
+            generator = ConstrainedVllmGenerator(model_args, tokenizer, chat_template, generating_args, codes)
+        else:
+            from coretech.infer.vllm import VllmGenerator
+
+            generator = VllmGenerator(model_args, tokenizer, chat_template, generating_args)
         step = batch_size or VLLM_CHUNK
     else:
         from coretech.infer.hf import HfGenerator
 
-        generator = HfGenerator(model_args, tokenizer, chat_template, generating_args)
+        generator = HfGenerator(model_args, tokenizer, chat_template, generating_args, codes=codes)
         step = batch_size or settings.batch_size
     result.load_seconds = time.monotonic() - started
 
@@ -255,6 +279,9 @@ def predict_from_cli(args: argparse.Namespace) -> int:
         max_samples=args.max_samples,
         batch_size=args.batch_size,
         template=template,
+        constrain_codes=args.constrain_codes,
+        scheme_files=args.scheme,
+        retrieval_k=args.k,
     )
     print(result.summary())
     return 0

@@ -25,6 +25,23 @@ if TYPE_CHECKING:
 
 # LLaMA-Factory's default for per_device_eval_batch_size (transformers' TrainingArguments default).
 _DEFAULT_EVAL_BATCH_SIZE = 8
+# CoreTech's own predict-recipe keys (grounded answers, docs/inference.md) and their types; they are
+# taken out of the recipe before LLaMA-Factory's key check and parser see it.
+CORETECH_PREDICT_KEYS: dict[str, type] = {
+    "constrain_codes": bool,  # IPC codes only from the scheme (coretech.infer.constrain)
+    "retrieval_k": int,  # codes a retrieval answer lists (coretech.ground)
+}
+
+
+def split_coretech_keys(values: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(LLaMA-Factory's keys, CoreTech's predict keys) of a recipe; a CoreTech key of the wrong type is
+    an error naming the file and key."""
+    ours = {k: values[k] for k in CORETECH_PREDICT_KEYS if k in values}
+    for key, value in ours.items():
+        wanted = CORETECH_PREDICT_KEYS[key]
+        if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: {key} must be a {wanted.__name__}, got {value!r}")
+    return {k: v for k, v in values.items() if k not in ours}, ours
 
 
 def _init_fields(cls: type) -> set[str]:
@@ -81,6 +98,7 @@ class PredictRecipe:
 
     path: Path
     values: dict[str, Any]
+    coretech: dict[str, Any] = dataclasses.field(default_factory=dict)  # CORETECH_PREDICT_KEYS set in it
 
     @property
     def batch_size(self) -> int:
@@ -129,11 +147,12 @@ def load_predict_recipe(path: str | Path, overrides: dict[str, Any] | None = Non
     path = Path(path)
     values = load_yaml(path)
     values.update(overrides or {})
+    values, ours = split_coretech_keys(values, str(path))
     check_recipe_keys(values, train_recipe_keys(), str(path))
     batch_size = values.get("per_device_eval_batch_size", 1)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"{path}: per_device_eval_batch_size must be a positive integer, got {batch_size!r}")
-    return PredictRecipe(path, values)
+    return PredictRecipe(path, values, ours)
 
 
 def find_recipe(kind: str, template: str | None) -> Path:
