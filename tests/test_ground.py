@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,9 @@ from coretech.ground.rag import build_rag_datasets
 from coretech.infer.constrain import load_scheme
 from coretech.ipc import extract_ipc_codes
 
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_SCHEME = [REPO / "data/samples/ipc_scheme_en.xml", REPO / "data/samples/ipc_titles_zh.csv"]
+
 SCHEME_ARGS = ["--scheme", "data/samples/ipc_scheme_en.xml", "--scheme", "data/samples/ipc_titles_zh.csv"]
 
 
@@ -27,7 +31,7 @@ def _in_repo(monkeypatch, repo_root):
 
 @pytest.fixture(scope="module")
 def index(prepared_demo_data) -> CodeIndex:
-    return CodeIndex.build(load_scheme(), training_records(prepared_demo_data))
+    return CodeIndex.build(load_scheme(SAMPLE_SCHEME), training_records(prepared_demo_data))
 
 
 def test_segment_drops_question_words_and_punctuation():
@@ -56,7 +60,7 @@ def test_retrieval_backend_is_scored_as_a_run(prepared_demo_data, embedded_model
     ipc = [line for line in lines if line["task"] == "ipc"]
     assert any(extract_ipc_codes(line["predict"]) for line in ipc)
     assert all(len(extract_ipc_codes(line["predict"])) <= 4 for line in ipc)
-    scheme = load_scheme()
+    scheme = load_scheme(SAMPLE_SCHEME)
     assert all(scheme.exists(code) for line in lines for code in extract_ipc_codes(line["predict"]))
     first = next(line for line in ipc if line["predict"])
     assert first["predict"].splitlines()[0].endswith(("：", ":"))  # the SFT answer's header line
@@ -103,7 +107,7 @@ def test_prepare_rag_writes_registers_and_reports_recall(prepared_demo_data, tmp
 
 def test_prepare_rag_refuses_bad_input(tmp_path):
     with pytest.raises(CoreTechError, match="k must be at least 1"):
-        build_rag_datasets(tmp_path, 0, load_scheme())
+        build_rag_datasets(tmp_path, 0, load_scheme(SAMPLE_SCHEME))
     (tmp_path / "dataset_info.json").write_text("{}", encoding="utf-8")
     with pytest.raises(CoreTechError, match="no coretech_sft_train"):
-        build_rag_datasets(tmp_path, 5, load_scheme())
+        build_rag_datasets(tmp_path, 5, load_scheme(SAMPLE_SCHEME))

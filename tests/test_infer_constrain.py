@@ -22,6 +22,9 @@ from coretech.infer.constrain import (
 from coretech.infer.recipe import load_predict_recipe
 from coretech.ipc import extract_ipc_codes
 
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_SCHEME = [REPO / "data/samples/ipc_scheme_en.xml", REPO / "data/samples/ipc_titles_zh.csv"]
+
 CODES = ["G06F", "G06F16/00", "G06F16/245", "G06N", "G06N3/00", "G06N3/063", "H01M", "H01M4/00", "A61B34/30"]
 
 
@@ -134,7 +137,9 @@ def _allowed_after(tokenizer, constraint, text, favour=()):
 
 
 def test_token_mask_refuses_tokens_that_would_write_a_code_outside_the_scheme(tokenizer):
-    constraint = TokenConstraint(CodeAutomaton.from_scheme(load_scheme()), tokenizer, [tokenizer.eos_token_id])
+    constraint = TokenConstraint(
+        CodeAutomaton.from_scheme(load_scheme(SAMPLE_SCHEME)), tokenizer, [tokenizer.eos_token_id]
+    )
     codes = constraint.automaton.codes
     # After "G06" a capital letter makes a subclass: only the scheme's G06 subclasses may follow.
     letters = [tokenizer.convert_tokens_to_ids(c) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
@@ -196,7 +201,7 @@ def test_the_real_model_writes_only_scheme_codes_when_constrained(embedded_model
     recipe = tmp_path / "predict.yaml"
     text = Path("configs/smollm2-135m/predict.yaml").read_text(encoding="utf-8")
     recipe.write_text(text.replace("max_new_tokens: 96", "max_new_tokens: 40"), encoding="utf-8")
-    scheme = load_scheme()
+    scheme = load_scheme(SAMPLE_SCHEME)
     rates = {}
     for constrained in (False, True):
         out = tmp_path / f"constrained_{constrained}.jsonl"
@@ -238,7 +243,7 @@ def test_vllm_constrained_answers_have_only_scheme_codes(embedded_model, primed_
         backend="vllm",
         constrain_codes=True,
     )
-    invalid, total = _invalid_rate(out, load_scheme())
+    invalid, total = _invalid_rate(out, load_scheme(SAMPLE_SCHEME))
     assert total > 0 and invalid == 0
 
 
@@ -262,7 +267,7 @@ def test_vllm_request_processor_masks_like_the_hf_one(embedded_model, tokenizer,
 
     from coretech.infer.constrain_vllm import EXTRA_KEY, IpcCodesLogitsProcessor, write_codes_file
 
-    codes = CodeAutomaton.from_scheme(load_scheme())
+    codes = CodeAutomaton.from_scheme(load_scheme(SAMPLE_SCHEME))
     codes_file = write_codes_file(codes, tmp_path)
     assert set(codes_file.read_text(encoding="utf-8").split()) == codes.codes
     processor = object.__new__(IpcCodesLogitsProcessor)  # vLLM passes its config to __init__

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from coretech.errors import CoreTechError
 from coretech.ipc import IpcScheme, SchemeError
+from coretech.ipc import load_scheme as load_ipc_scheme
 
 if TYPE_CHECKING:
     import torch
@@ -360,17 +361,10 @@ class IpcLogitsProcessor:
 
 
 # Until the full WIPO scheme is the default everywhere, the sample scheme the demo's data was built from.
-SAMPLE_SCHEME = ("data/samples/ipc_scheme_en.xml", "data/samples/ipc_titles_zh.csv")
-
-
 def load_scheme(scheme_files: Iterable[str | Path] | None = None) -> IpcScheme:
-    """The IPC scheme answers are held to: ``scheme_files`` when given, else the repository's sample
-    scheme (found next to the package, so any working directory works)."""
-    files = list(scheme_files or [])
-    if not files:
-        root = Path(__file__).resolve().parents[3]
-        files = [root / name for name in SAMPLE_SCHEME]
+    """The IPC scheme answers are held to: ``scheme_files`` when given, else the built-in full scheme (the
+    same default as ``evaluate``, so a constrained answer is valid by the scheme it is scored against)."""
     try:
-        return IpcScheme.load(files)
+        return load_ipc_scheme(list(scheme_files or []) or None)
     except SchemeError as exc:
         raise CoreTechError(str(exc)) from None
