@@ -131,6 +131,25 @@ def _check_same_prompts(out_file: Path, lines: list[dict[str, Any]], encoded: li
             )
 
 
+def _claim_output(
+    out_file: Path,
+    model: str,
+    adapter: str | None,
+    generating_args: Any,
+    dataset: str,
+    template: str | None,
+    replace: bool,
+) -> None:
+    """Answers of two models never share a file: see ``coretech.infer.identity``."""
+    from coretech.infer.identity import claim_output, prediction_identity
+
+    generation = json.loads(json.dumps(generating_args.to_dict(), default=str))
+    identity = prediction_identity(
+        model=model, adapter=adapter, generation=generation, dataset=dataset, template=template
+    )
+    claim_output(out_file, identity, replace=replace)
+
+
 def run_prediction(
     *,
     model: str,
@@ -143,11 +162,13 @@ def run_prediction(
     max_samples: int | None = None,
     batch_size: int | None = None,
     template: str | None = None,
+    replace: bool = False,
 ) -> PredictionResult:
     """Generate an answer for every usable record of ``dataset`` not yet in ``out_file``.
 
     ``template`` (a run's training template) overrides the recipe's; ``max_samples`` and
     ``batch_size`` override the recipe's ``max_samples`` and ``per_device_eval_batch_size``.
+    An ``out_file`` written by another model or config is refused, or moved aside with ``replace``.
     """
     from tqdm import tqdm
 
@@ -176,6 +197,7 @@ def run_prediction(
         reasons = ", ".join(f"{n} {r}" for r, n in skips.counts.items()) or "the file has no records"
         raise CoreTechError(f"{files[0]}: dataset {dataset!r} has no usable records ({reasons})")
     out_file = Path(out_file)
+    _claim_output(out_file, model, adapter, generating_args, dataset, data_args.template, replace)
     existing = read_complete_lines(out_file)
     _check_same_prompts(out_file, existing, encoded)
     pending = encoded[len(existing) :]
@@ -255,6 +277,7 @@ def predict_from_cli(args: argparse.Namespace) -> int:
         max_samples=args.max_samples,
         batch_size=args.batch_size,
         template=template,
+        replace=args.replace,
     )
     print(result.summary())
     return 0
