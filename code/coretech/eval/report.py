@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,19 @@ from typing import Any
 from coretech.data.records import iter_records
 from coretech.errors import CoreTechError
 from coretech.eval.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE, score_ipc, score_tech, score_text
+from coretech.eval.outputs import write_outputs_together
 from coretech.eval.tech import extract_technologies
-from coretech.files import atomic_open, write_json_atomic, write_text_atomic
+from coretech.files import atomic_open, write_text_atomic
 from coretech.ipc import LEVELS, IpcScheme, SchemeError, extract_ipc_codes
+from coretech.log import get_logger
+
+log = get_logger(__name__)
 
 TASKS = ("ipc", "tech")
+# What extraction, key-technology matching and ROUGE/BLEU see of one answer (and of its reference).
+# A rambling model output of megabytes made ROUGE's tables grow by ~2.2 KB per byte (a 2 MB answer:
+# 4.5 GB, 44 s); no real answer of either task comes near this, and cut answers are counted.
+MAX_ANSWER_CHARS = 20_000
 CHART_FILE = "f1_by_level.png"
 LEVEL_TITLES = {
     "section": "Section",
@@ -121,13 +130,23 @@ def score_predictions(
 
     ipc_answers = []
     tech_answers = []
+    text_pairs = []
+    n_cut = 0
     for line in tqdm(lines, desc=f"{description}: extracting", unit="line", leave=False):
+        prediction, reference = line.prediction[:MAX_ANSWER_CHARS], line.reference[:MAX_ANSWER_CHARS]
+        n_cut += len(line.prediction) > MAX_ANSWER_CHARS or len(line.reference) > MAX_ANSWER_CHARS
         if line.task == "ipc":
-            ipc_answers.append((extract_ipc_codes(line.prediction), extract_ipc_codes(line.reference)))
+            ipc_answers.append((extract_ipc_codes(prediction), extract_ipc_codes(reference)))
         else:
-            tech_answers.append((extract_technologies(line.prediction), extract_technologies(line.reference)))
-    text_pairs = [(line.prediction, line.reference) for line in lines]
+            tech_answers.append((extract_technologies(prediction), extract_technologies(reference)))
+        text_pairs.append((prediction, reference))
     metrics: dict[str, Any] = {"n": len(lines), "n_ipc": len(ipc_answers), "n_tech": len(tech_answers)}
+    metrics["n_cut"] = n_cut
+    if n_cut:
+        log.warning(
+            "%s: %d answer(s) cut to their first %d characters for scoring", description, n_cut, MAX_ANSWER_CHARS
+        )
+    metrics["max_answer_chars"] = MAX_ANSWER_CHARS
     metrics.update(score_ipc(ipc_answers, scheme, resamples=resamples))
     metrics.update(score_tech(tech_answers, fuzzy_threshold, resamples=resamples))
     metrics.update(score_text(text_pairs, progress=f"{description}: ROUGE/BLEU"))
@@ -164,12 +183,18 @@ def evaluate_runs(
         run_metrics = score_predictions(lines, scheme=scheme, fuzzy_threshold=fuzzy_threshold, description=name)
         run_metrics["source"] = str(runs[name])
         metrics[name] = run_metrics
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    write_metrics_csv(metrics, out_dir / "metrics.csv")
-    write_f1_chart(metrics, out_dir / CHART_FILE)
-    write_text_atomic(out_dir / "report.md", report_markdown(metrics, scheme_loaded=scheme is not None))
+    chart = io.BytesIO()
+    render_f1_chart(metrics, chart)
+    # All four or none: a full disk leaves the previous outputs as they were (coretech.eval.outputs).
+    write_outputs_together(
+        Path(out_dir),
+        {
+            "metrics.json": (json.dumps(metrics, ensure_ascii=False, indent=2) + "\n").encode("utf-8"),
+            "metrics.csv": metrics_csv_text(metrics).encode("utf-8"),
+            CHART_FILE: chart.getvalue(),
+            "report.md": report_markdown(metrics, scheme_loaded=scheme is not None).encode("utf-8"),
+        },
+    )
     return metrics
 
 
@@ -264,6 +289,11 @@ def print_metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> None:
 
 
 def write_metrics_csv(metrics: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    """metrics.csv on its own (``metrics_csv_text``), written atomically."""
+    write_text_atomic(path, metrics_csv_text(metrics))
+
+
+def metrics_csv_text(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     """One row per run, one column per metric key (union over runs, first-seen order; blank = none)."""
     columns: list[str] = []
     for run in metrics.values():
@@ -273,11 +303,19 @@ def write_metrics_csv(metrics: Mapping[str, Mapping[str, Any]], path: Path) -> N
     writer.writerow(["run", *columns])
     for name, run in metrics.items():
         writer.writerow([name, *("" if run.get(key) is None else run.get(key) for key in columns)])
-    write_text_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def write_f1_chart(metrics: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
-    """Grouped bars of micro F1 per IPC level, one colour per run, 95% CI whiskers.
+    """The chart on its own (``render_f1_chart``), written atomically."""
+    path = Path(path)
+    with atomic_open(path, "wb") as handle:
+        render_f1_chart(metrics, handle)
+    return path
+
+
+def render_f1_chart(metrics: Mapping[str, Mapping[str, Any]], handle: Any) -> None:
+    """Grouped bars of micro F1 per IPC level, one colour per run, 95% CI whiskers, as PNG into ``handle``.
 
     Uses matplotlib's object API (no pyplot) so no GUI backend or global figure state is touched.
     """
@@ -315,11 +353,7 @@ def write_f1_chart(metrics: Mapping[str, Mapping[str, Any]], path: Path) -> Path
     axes.grid(axis="y", alpha=0.3)
     axes.set_axisbelow(True)
     figure.legend(loc="outside lower center", ncol=min(len(names), 6), fontsize=8, frameon=False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=120)
-    return path
+    figure.savefig(handle, format="png", dpi=120)
 
 
 def _run_details(name: str, run: Mapping[str, Any], scheme_loaded: bool) -> list[str]:
@@ -351,6 +385,11 @@ def _run_details(name: str, run: Mapping[str, Any], scheme_loaded: bool) -> list
         )
     lines.append("")
     notes = []
+    if run.get("n_cut"):
+        notes.append(
+            f"{run['n_cut']} answer(s) (or references) longer than {run.get('max_answer_chars')} characters were "
+            "cut to that length before extraction and ROUGE/BLEU."
+        )
     if run.get("ipc.n_unscored"):
         notes.append(f"{run['ipc.n_unscored']} IPC line(s) have no IPC code in the reference and are not scored.")
     if run.get("tech.n_unscored"):
