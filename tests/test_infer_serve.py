@@ -248,9 +248,10 @@ def test_api_enforces_the_recipe_generation_cap_on_every_request(api_server: str
         ({"max_tokens": -5}, 400, "max_tokens must be a positive integer, got -5"),
         ({"max_tokens": 0}, 400, "max_tokens must be a positive integer, got 0"),
         ({"max_tokens": True}, 400, "max_tokens must be a positive integer, got True"),
-        ({"max_tokens": "many"}, 422, None),
+        ({"max_tokens": "many"}, 400, "max_tokens must be a positive integer, got 'many'"),
         ({"temperature": -1}, 400, "temperature must be a number from 0 to 2, got -1"),
-        ({"temperature": "hot"}, 422, None),
+        ({"temperature": "hot"}, 400, "temperature must be a number from 0 to 2, got 'hot'"),
+        ({"stop": 5}, 422, None),
         ({"top_p": 5}, 400, "top_p must be a number in (0, 1], got 5"),
         ({"n": 0}, 400, "n must be an integer from 1 to 8, got 0"),
         ({"presence_penalty": 0}, 400, "presence_penalty must be a positive number"),
@@ -305,3 +306,34 @@ def test_api_command_serves_on_loopback_through_the_guarded_app(
     )
     assert command.env == {"API_HOST": "127.0.0.1", "API_PORT": "8123"}  # loopback unless asked otherwise
     assert command.argv == [sys.executable, "-m", "coretech.infer.api_server", str(tmp_path / "api.yaml")]
+
+
+@pytest.mark.slow
+def test_sigint_to_coretech_chat_stops_the_chat_and_its_children(embedded_model: Path, repo_root: Path) -> None:
+    """Ctrl-C as a terminal sends it (to coretech only: the chat runs in a session of its own)."""
+    import psutil
+
+    argv = [sys.executable, "-m", "coretech", "chat", "--recipe", "configs/smollm2-135m/chat.yaml"]
+    argv += [f"model_name_or_path={embedded_model}", "max_new_tokens=8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    chat = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=repo_root, env=env
+    )
+    try:
+        seen = b""
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while b"User:" not in seen and time.monotonic() < deadline and chat.poll() is None:
+            seen += os.read(chat.stdout.fileno(), 4096)  # the chat's prompt: the model is loaded
+        assert b"User:" in seen, seen[-2000:]
+        children = psutil.Process(chat.pid).children(recursive=True)
+        assert children
+        chat.send_signal(signal.SIGINT)
+        _, err = chat.communicate(timeout=60)
+    finally:
+        if chat.poll() is None:
+            chat.kill()
+            chat.wait()
+    assert chat.returncode == 128 + signal.SIGINT
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"still running after SIGINT: {[p.pid for p in alive]}"
+    assert "coretech chat: SIGINT received; stopped llamafactory-cli chat" in err.decode()

@@ -2,10 +2,12 @@
 with a run's model filled in.
 
 We do not reimplement serving: the recipe (``configs/<model>/chat.yaml`` or ``api.yaml``) plus the
-run's model, adapter and template and any ``key=value`` overrides are written to one resolved YAML,
-and ``llamafactory-cli chat|api <yaml>`` runs on it (an argv list, never a shell string). The
-resolved YAML is kept in the run folder so the exact settings of a session can be reused with
-plain ``llamafactory-cli``.
+run's model, adapter and template and any ``key=value`` overrides are written to one resolved YAML.
+``llamafactory-cli chat <yaml>`` runs on it; the API runs LLaMA-Factory's own app from that YAML behind
+a guard that enforces the recipe's ``max_new_tokens`` and answers bad generation settings with a 400
+(``api_server``). Both are argv lists, never shell strings, started in a session of their own: SIGTERM
+or SIGINT to coretech stops the child's whole process group. The resolved YAML is kept in the run
+folder so the exact settings of a session can be reused with plain ``llamafactory-cli``.
 """
 
 from __future__ import annotations
