@@ -131,6 +131,16 @@ def _check_same_prompts(out_file: Path, lines: list[dict[str, Any]], encoded: li
             )
 
 
+def _require_local_paths(model: str, adapter: str | None) -> None:
+    """A model or adapter path that is missing here is one line at once, never minutes of hub retries."""
+    from coretech.models import check_model_reference
+
+    check_model_reference(model, "model path")
+    for one in (adapter or "").split(","):
+        if one.strip():
+            check_model_reference(one.strip(), "adapter path")
+
+
 def _claim_output(
     out_file: Path,
     model: str,
@@ -174,6 +184,7 @@ def run_prediction(
 
     from coretech.infer.prompts import dataset_files, encode_records, load_tokenizer_and_template, read_records
 
+    _require_local_paths(model, adapter)  # before LLaMA-Factory is imported: that alone takes seconds
     settings: PredictRecipe = load_predict_recipe(recipe)
     if batch_size is not None and batch_size < 1:
         raise CoreTechError(f"batch size must be at least 1, got {batch_size}")

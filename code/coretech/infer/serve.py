@@ -53,6 +53,17 @@ class ServeCommand:
     values: dict[str, Any]
 
 
+def _require_local_paths(values: dict[str, Any], recipe: Path) -> None:
+    """A model or adapter folder missing here is one line at once, never a hub lookup with retries."""
+    from coretech.models import check_model_reference
+
+    if isinstance(values.get("model_name_or_path"), str):
+        check_model_reference(values["model_name_or_path"], f"{recipe}: model_name_or_path")
+    for adapter_path in str(values.get("adapter_name_or_path") or "").split(","):
+        if adapter_path.strip():
+            check_model_reference(adapter_path.strip(), f"{recipe}: adapter_name_or_path")
+
+
 def resolve_serve_recipe(
     kind: str,
     *,
@@ -77,6 +88,7 @@ def resolve_serve_recipe(
         else:
             values["adapter_name_or_path"] = adapter
     values.update(parse_overrides(overrides))
+    _require_local_paths(values, recipe)  # before LLaMA-Factory is imported: that alone takes seconds
     check_recipe_keys(values, infer_recipe_keys(), str(recipe))
     for key in ("model_name_or_path", "adapter_name_or_path"):
         # The resolved recipe may live elsewhere (run folder, temp dir): local paths become absolute.
@@ -84,6 +96,7 @@ def resolve_serve_recipe(
             values[key] = str(Path(values[key]).resolve())
     if "model_name_or_path" not in values:
         raise CoreTechError(f"{recipe}: no model_name_or_path (give --run or model_name_or_path=...)")
+
     if values.get("infer_backend") == "vllm" and not vllm_available():
         raise CoreTechError(f"{recipe}: {MISSING_VLLM} (or add infer_backend=huggingface)")
     return values, str(recipe)
