@@ -96,6 +96,7 @@ def ensure_embedded_model(folder: str | Path | None = None) -> Path:
     if is_complete(folder):
         return folder
     gguf = embedded_gguf_path()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local file: never ask the hub (read when transformers loads)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
