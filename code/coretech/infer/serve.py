@@ -88,6 +88,8 @@ def resolve_serve_recipe(
         else:
             values["adapter_name_or_path"] = adapter
     values.update(parse_overrides(overrides))
+    if values.get("infer_backend") == "vllm" and not vllm_available():
+        raise CoreTechError(f"{recipe}: {MISSING_VLLM} (or add infer_backend=huggingface)")
     _require_local_paths(values, recipe)  # before LLaMA-Factory is imported: that alone takes seconds
     check_recipe_keys(values, infer_recipe_keys(), str(recipe))
     for key in ("model_name_or_path", "adapter_name_or_path"):
@@ -96,9 +98,6 @@ def resolve_serve_recipe(
             values[key] = str(Path(values[key]).resolve())
     if "model_name_or_path" not in values:
         raise CoreTechError(f"{recipe}: no model_name_or_path (give --run or model_name_or_path=...)")
-
-    if values.get("infer_backend") == "vllm" and not vllm_available():
-        raise CoreTechError(f"{recipe}: {MISSING_VLLM} (or add infer_backend=huggingface)")
     return values, str(recipe)
 
 
