@@ -398,3 +398,24 @@ def test_predict_into_an_out_of_another_model_is_refused_or_moved_aside(
     assert main([*with_adapter[:-2], "--max-samples", "4"]) == 0  # record 3 is the empty question
     assert "1 written, 2 already there" in capsys.readouterr().out
     assert out.read_text(encoding="utf-8").startswith(before)
+
+
+def test_model_fingerprint_follows_content_not_location(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from coretech.infer.identity import model_fingerprint
+
+    first = tmp_path / "a" / "model"
+    first.mkdir(parents=True)
+    (first / "config.json").write_text('{"model_type": "llama"}')
+    weights = bytearray(os.urandom(3 << 20))
+    (first / "model.safetensors").write_bytes(weights)
+    (first / "optimizer.pt.log").write_text("not part of the model")
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(first, moved)
+    assert model_fingerprint(str(first)) == model_fingerprint(str(moved))  # a moved run folder still resumes
+    weights[len(weights) // 2] ^= 0xFF  # another checkpoint of the same shape: differs in the middle
+    (moved / "model.safetensors").write_bytes(weights)
+    assert model_fingerprint(str(first)) != model_fingerprint(str(moved))
+    assert model_fingerprint("Qwen/Qwen2.5-7B-Instruct") == "hub:Qwen/Qwen2.5-7B-Instruct"
