@@ -280,8 +280,10 @@ def test_sigterm_to_coretech_api_stops_the_server_and_its_children(api_process: 
     coretech = psutil.Process(api_process.process.pid)
     children = coretech.children(recursive=True)
     assert children, "coretech api should run the server as a child"
+    started = time.monotonic()
     api_process.process.send_signal(signal.SIGTERM)
     assert api_process.process.wait(timeout=60) == 128 + signal.SIGTERM
+    print(f"coretech api stopped {time.monotonic() - started:.1f} s after SIGTERM")
     _gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"still running after SIGTERM: {[p.pid for p in alive]}"
     with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
@@ -327,8 +329,10 @@ def test_sigint_to_coretech_chat_stops_the_chat_and_its_children(embedded_model:
         assert b"User:" in seen, seen[-2000:]
         children = psutil.Process(chat.pid).children(recursive=True)
         assert children
+        started = time.monotonic()
         chat.send_signal(signal.SIGINT)
         _, err = chat.communicate(timeout=60)
+        print(f"coretech chat stopped {time.monotonic() - started:.1f} s after SIGINT")
     finally:
         if chat.poll() is None:
             chat.kill()
