@@ -166,3 +166,44 @@ def test_pipeline_with_a_missing_recipe_dataset_launches_nothing(capsys, tmp_pat
     assert "dataset 'coretech_nowhere'" in err and "nothing was launched" in err
     assert not (tmp_path / "run" / "cpt").exists()
     assert not (tmp_path / "run" / "data" / "dataset_info.json").exists()  # failed before the hour of tokenising
+
+
+# --- dataset files stay inside their dataset folder ------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "symlink_in_folder"])
+def test_dataset_files_outside_the_dataset_folder_are_refused(capsys, tmp_path, kind, embedded_model):
+    secret = tmp_path / "outside" / "x.jsonl"
+    secret.parent.mkdir()
+    secret.write_text(ALPACA_OK, encoding="utf-8")
+    data = tmp_path / "deep" / "data"
+    data.mkdir(parents=True)
+    file_name = {"dotdot": "../../outside/x.jsonl", "absolute": str(secret)}.get(kind, "link.jsonl")
+    if kind == "symlink":
+        (data / "link.jsonl").symlink_to(secret)
+    if kind == "symlink_in_folder":
+        (data / "set").mkdir()
+        (data / "set" / "x.jsonl").symlink_to(secret)
+        file_name = "set"
+    (data / "dataset_info.json").write_text(json.dumps({"leak": {"file_name": file_name}}), encoding="utf-8")
+    status, _, err = run_cli(
+        capsys,
+        "predict",
+        "--model",
+        str(embedded_model),  # only its tokenizer is loaded: the dataset is refused before the model
+        "--dataset",
+        "leak",
+        "--dataset-dir",
+        str(data),
+        "--recipe",
+        "configs/smollm2-135m/predict.yaml",
+        "--backend",
+        "hf",
+        "--out",
+        str(tmp_path / "p.jsonl"),
+    )
+    assert status == 2
+    line = only_error_line(err)
+    assert line.startswith(f"error: {data / 'dataset_info.json'}: dataset 'leak'"), line
+    assert "outside the dataset folder" in line or "is absolute" in line
+    assert not (tmp_path / "p.jsonl").exists()

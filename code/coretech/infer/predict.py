@@ -131,6 +131,35 @@ def _check_same_prompts(out_file: Path, lines: list[dict[str, Any]], encoded: li
             )
 
 
+def _require_local_paths(model: str, adapter: str | None) -> None:
+    """A model or adapter path that is missing here is one line at once, never minutes of hub retries."""
+    from coretech.models import check_model_reference
+
+    check_model_reference(model, "model path")
+    for one in (adapter or "").split(","):
+        if one.strip():
+            check_model_reference(one.strip(), "adapter path")
+
+
+def _claim_output(
+    out_file: Path,
+    model: str,
+    adapter: str | None,
+    generating_args: Any,
+    dataset: str,
+    template: str | None,
+    replace: bool,
+) -> None:
+    """Answers of two models never share a file: see ``coretech.infer.identity``."""
+    from coretech.infer.identity import claim_output, prediction_identity
+
+    generation = json.loads(json.dumps(generating_args.to_dict(), default=str))
+    identity = prediction_identity(
+        model=model, adapter=adapter, generation=generation, dataset=dataset, template=template
+    )
+    claim_output(out_file, identity, replace=replace)
+
+
 def run_prediction(
     *,
     model: str,
@@ -146,20 +175,23 @@ def run_prediction(
     constrain_codes: bool = False,
     scheme_files: list[Path] | None = None,
     retrieval_k: int | None = None,
+    replace: bool = False,
 ) -> PredictionResult:
     """Generate an answer for every usable record of ``dataset`` not yet in ``out_file``.
 
     ``template`` (a run's training template) overrides the recipe's; ``max_samples`` and
     ``batch_size`` override the recipe's ``max_samples`` and ``per_device_eval_batch_size``.
     ``constrain_codes`` (or the recipe's ``constrain_codes: true``) holds every IPC code the model
-    writes to ``scheme_files`` (default: the sample scheme). Backend ``retrieval`` answers with the
+    writes to ``scheme_files`` (default: the built-in full scheme). Backend ``retrieval`` answers with the
     BM25 top ``retrieval_k`` codes (default: the recipe's ``retrieval_k``, else 5) from the scheme and
     the dataset folder's ``coretech_sft_train``; the model only supplies the prompt encoding.
+    An ``out_file`` written by another model or config is refused, or moved aside with ``replace``.
     """
     from tqdm import tqdm
 
     from coretech.infer.prompts import dataset_files, encode_records, load_tokenizer_and_template, read_records
 
+    _require_local_paths(model, adapter)  # before LLaMA-Factory is imported: that alone takes seconds
     settings: PredictRecipe = load_predict_recipe(recipe)
     if batch_size is not None and batch_size < 1:
         raise CoreTechError(f"batch size must be at least 1, got {batch_size}")
@@ -183,6 +215,7 @@ def run_prediction(
         reasons = ", ".join(f"{n} {r}" for r, n in skips.counts.items()) or "the file has no records"
         raise CoreTechError(f"{files[0]}: dataset {dataset!r} has no usable records ({reasons})")
     out_file = Path(out_file)
+    _claim_output(out_file, model, adapter, generating_args, dataset, data_args.template, replace)
     existing = read_complete_lines(out_file)
     _check_same_prompts(out_file, existing, encoded)
     pending = encoded[len(existing) :]
@@ -282,6 +315,7 @@ def predict_from_cli(args: argparse.Namespace) -> int:
         constrain_codes=args.constrain_codes,
         scheme_files=args.scheme,
         retrieval_k=args.k,
+        replace=args.replace,
     )
     print(result.summary())
     return 0

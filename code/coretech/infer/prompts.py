@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coretech.data.dataset_info import DATASET_INFO, read_dataset_info
+from coretech.data.dataset_info import DATASET_INFO, dataset_file_inside, read_dataset_info
 from coretech.data.records import Record, SkipLog, iter_records
 from coretech.errors import CoreTechError
 
@@ -51,6 +51,9 @@ def load_tokenizer_and_template(
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.model import load_tokenizer
 
+    from coretech.models import check_model_reference
+
+    check_model_reference(model_args.model_name_or_path)  # a missing local folder: one line, no hub retries
     try:
         tokenizer = load_tokenizer(model_args)["tokenizer"]
     except OSError as exc:
@@ -88,6 +91,8 @@ def dataset_files(dataset_dir: Path, name: str) -> tuple[DatasetAttr, list[Path]
     else:
         raise CoreTechError(f"{where} names {attr.dataset_name!r}, which does not exist in {dataset_dir}")
     for path in files:
+        # A dataset folder's files too: a symlink inside it may point anywhere.
+        dataset_file_inside(dataset_dir, str(path.relative_to(dataset_dir)), where)
         if path.suffix.lower() not in _READABLE_SUFFIXES:
             raise CoreTechError(f"{path}: unsupported file type for prediction (use .json, .jsonl or .csv)")
     return attr, files

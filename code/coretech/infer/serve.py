@@ -2,19 +2,24 @@
 with a run's model filled in.
 
 We do not reimplement serving: the recipe (``configs/<model>/chat.yaml`` or ``api.yaml``) plus the
-run's model, adapter and template and any ``key=value`` overrides are written to one resolved YAML,
-and ``llamafactory-cli chat|api <yaml>`` runs on it (an argv list, never a shell string). The
-resolved YAML is kept in the run folder so the exact settings of a session can be reused with
-plain ``llamafactory-cli``.
+run's model, adapter and template and any ``key=value`` overrides are written to one resolved YAML.
+``llamafactory-cli chat <yaml>`` runs on it; the API runs LLaMA-Factory's own app from that YAML behind
+a guard that enforces the recipe's ``max_new_tokens`` and answers bad generation settings with a 400
+(``api_server``). Both are argv lists, never shell strings, started in a session of their own: SIGTERM
+or SIGINT to coretech stops the child's whole process group. The resolved YAML is kept in the run
+folder so the exact settings of a session can be reused with plain ``llamafactory-cli``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +31,16 @@ from coretech.errors import CoreTechError
 from coretech.infer.recipe import check_recipe_keys, find_recipe, infer_recipe_keys, parse_overrides, resolve_model
 from coretech.infer.vllm import MISSING_VLLM, vllm_available
 from coretech.launch import check_launch_path, child_environment, llamafactory_cli
+from coretech.log import get_logger
+
+log = get_logger(__name__)
 
 # LLaMA-Factory's server listens on 0.0.0.0 unless told otherwise; we default to loopback so an
 # unauthenticated model server is never exposed by accident (set API_HOST=0.0.0.0 and API_KEY).
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = "8000"  # LLaMA-Factory's default
+# After SIGTERM/SIGINT the server gets this long to shut down before its process group is killed.
+STOP_GRACE_S = 15.0
 
 
 @dataclass
@@ -41,6 +51,17 @@ class ServeCommand:
     env: dict[str, str]
     recipe: Path
     values: dict[str, Any]
+
+
+def _require_local_paths(values: dict[str, Any], recipe: Path) -> None:
+    """A model or adapter folder missing here is one line at once, never a hub lookup with retries."""
+    from coretech.models import check_model_reference
+
+    if isinstance(values.get("model_name_or_path"), str):
+        check_model_reference(values["model_name_or_path"], f"{recipe}: model_name_or_path")
+    for adapter_path in str(values.get("adapter_name_or_path") or "").split(","):
+        if adapter_path.strip():
+            check_model_reference(adapter_path.strip(), f"{recipe}: adapter_name_or_path")
 
 
 def resolve_serve_recipe(
@@ -67,6 +88,9 @@ def resolve_serve_recipe(
         else:
             values["adapter_name_or_path"] = adapter
     values.update(parse_overrides(overrides))
+    if values.get("infer_backend") == "vllm" and not vllm_available():
+        raise CoreTechError(f"{recipe}: {MISSING_VLLM} (or add infer_backend=huggingface)")
+    _require_local_paths(values, recipe)  # before LLaMA-Factory is imported: that alone takes seconds
     check_recipe_keys(values, infer_recipe_keys(), str(recipe))
     for key in ("model_name_or_path", "adapter_name_or_path"):
         # The resolved recipe may live elsewhere (run folder, temp dir): local paths become absolute.
@@ -74,8 +98,6 @@ def resolve_serve_recipe(
             values[key] = str(Path(values[key]).resolve())
     if "model_name_or_path" not in values:
         raise CoreTechError(f"{recipe}: no model_name_or_path (give --run or model_name_or_path=...)")
-    if values.get("infer_backend") == "vllm" and not vllm_available():
-        raise CoreTechError(f"{recipe}: {MISSING_VLLM} (or add infer_backend=huggingface)")
     return values, str(recipe)
 
 
@@ -101,10 +123,65 @@ def build_serve_command(
     path.write_text(header + yaml.safe_dump(values, sort_keys=False, allow_unicode=True), encoding="utf-8")
     check_launch_path(path, f"{kind} recipe")
     env: dict[str, str] = {}
+    argv = [llamafactory_cli(), kind, str(path)]
     if kind == "api":
         env["API_HOST"] = os.environ.get("API_HOST", DEFAULT_API_HOST)
         env["API_PORT"] = os.environ.get("API_PORT", DEFAULT_API_PORT)
-    return ServeCommand([llamafactory_cli(), kind, str(path)], env, path, values)
+        # LLaMA-Factory's app behind a guard that enforces the recipe's max_new_tokens (api_server.py).
+        argv = [sys.executable, "-m", "coretech.infer.api_server", str(path)]
+    return ServeCommand(argv, env, path, values)
+
+
+def _kill_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def run_until_signalled(argv: list[str], env: dict[str, str], what: str) -> int:
+    """Run ``argv`` in its own session; SIGTERM or SIGINT to us stops its whole process group.
+
+    Without this a service manager's or Slurm's SIGTERM ended coretech and left the server serving on
+    its port. The child gets the signal first (a clean shutdown), then SIGKILL after STOP_GRACE_S,
+    and whatever of its group is left once it exits. A session of its own keeps the terminal's Ctrl-C
+    for us (we forward it) while chat still reads the terminal through its inherited stdin.
+    """
+    received: list[tuple[int, float]] = []
+    children: list[subprocess.Popen] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append((signum, time.monotonic()))
+        for child in children:
+            _kill_group(child.pid, signum)
+
+    # Installed before the start, so a signal in between is not lost (the child would be orphaned).
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        process = subprocess.Popen(argv, env=env, start_new_session=True)
+        children.append(process)
+        if received:
+            _kill_group(process.pid, received[0][0])
+        while process.poll() is None:
+            if received and time.monotonic() - received[0][1] > STOP_GRACE_S:
+                _kill_group(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=0.2)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for child in children:
+            _kill_group(child.pid, signal.SIGKILL)  # helpers of the server (engine workers) outliving it
+    if received:
+        signum = received[0][0]
+        shown = " ".join([Path(argv[0]).name, *argv[1:-1]])
+        log.info(
+            "%s: %s received; stopped %s (pid %d) and its process group",
+            what,
+            signal.Signals(signum).name,
+            shown,
+            process.pid,
+        )
+        return 128 + signum
+    return process.returncode
 
 
 def _run(kind: str, run: Path | None, recipe: Path | None, stage: str | None, overrides: list[str]) -> int:
@@ -118,8 +195,8 @@ def _run(kind: str, run: Path | None, recipe: Path | None, stage: str | None, ov
             host, port = command.env["API_HOST"], command.env["API_PORT"]
             shown = "localhost" if host in ("0.0.0.0", "127.0.0.1") else host  # noqa: S104
             print(f"OpenAI-compatible API at http://{shown}:{port}/v1 (Ctrl-C stops it)", file=sys.stderr)
-        # Interactive: the child shares our terminal (stdin for chat, Ctrl-C for both).
-        return subprocess.run(command.argv, env=child_environment(command.env), check=False).returncode
+        # Interactive: the child reads our terminal (chat); our signals stop its whole process group.
+        return run_until_signalled(command.argv, child_environment(command.env), f"coretech {kind}")
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
