@@ -149,11 +149,14 @@ def _claim_output(
     dataset: str,
     template: str | None,
     replace: bool,
+    answering: dict[str, Any],
 ) -> None:
-    """Answers of two models never share a file: see ``coretech.infer.identity``."""
+    """Answers of two models never share a file: see ``coretech.infer.identity``. ``answering`` (the
+    retrieval backend, constrained decoding) belongs to the identity: a constrained run never resumes
+    an unconstrained file."""
     from coretech.infer.identity import claim_output, prediction_identity
 
-    generation = json.loads(json.dumps(generating_args.to_dict(), default=str))
+    generation = json.loads(json.dumps(generating_args.to_dict(), default=str)) | answering
     identity = prediction_identity(
         model=model, adapter=adapter, generation=generation, dataset=dataset, template=template
     )
@@ -215,7 +218,10 @@ def run_prediction(
         reasons = ", ".join(f"{n} {r}" for r, n in skips.counts.items()) or "the file has no records"
         raise CoreTechError(f"{files[0]}: dataset {dataset!r} has no usable records ({reasons})")
     out_file = Path(out_file)
-    _claim_output(out_file, model, adapter, generating_args, dataset, data_args.template, replace)
+    constrain = chosen != "retrieval" and bool(constrain_codes or settings.coretech.get("constrain_codes", False))
+    k = retrieval_k or settings.coretech.get("retrieval_k", 5)
+    answering = {"retrieval_k": k} if chosen == "retrieval" else {"constrain_codes": constrain}
+    _claim_output(out_file, model, adapter, generating_args, dataset, data_args.template, replace, answering)
     existing = read_complete_lines(out_file)
     _check_same_prompts(out_file, existing, encoded)
     pending = encoded[len(existing) :]
@@ -232,7 +238,7 @@ def run_prediction(
         return result
 
     codes = None
-    if chosen != "retrieval" and (constrain_codes or settings.coretech.get("constrain_codes", False)):
+    if constrain:
         from coretech.infer.constrain import CodeAutomaton, load_scheme
 
         codes = CodeAutomaton.from_scheme(load_scheme(scheme_files))
@@ -240,7 +246,6 @@ def run_prediction(
     if chosen == "retrieval":
         from coretech.ground.answer import RetrievalGenerator
 
-        k = retrieval_k or settings.coretech.get("retrieval_k", 5)
         generator: Any = RetrievalGenerator.for_dataset(Path(dataset_dir), records, attr, encoded, scheme_files, k)
         step = batch_size or settings.batch_size
     elif chosen == "vllm":
