@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,33 @@ def test_two_vllm_engines_in_one_process_when_the_first_is_closed(embedded_model
     assert all(isinstance(a, str) and a for a in answers)
     assert answers[0] == answers[1]  # greedy decoding: the same model gives the same answer
     assert torch.cuda.mem_get_info()[0] > 0.8 * free_before
+
+
+def test_shell_scripts_parse(repo_root: Path) -> None:
+    for script in ("configs/launch/slurm.sbatch", "benchmarks/gpu_check.sh"):
+        done = subprocess.run(["bash", "-n", str(repo_root / script)], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, f"{script}: {done.stderr}"
+
+
+def test_slurm_script_finds_its_checkout_from_elsewhere_and_creates_logs(tmp_path: Path, repo_root: Path) -> None:
+    """Outside Slurm the script still resolves the checkout from its own location and writes its log there."""
+    checkout = tmp_path / "checkout"
+    (checkout / "configs" / "launch").mkdir(parents=True)
+    (checkout / "configs" / "pipelines").mkdir()
+    (checkout / "pyproject.toml").write_text("")
+    script = checkout / "configs" / "launch" / "slurm.sbatch"
+    script.write_text((repo_root / "configs" / "launch" / "slurm.sbatch").read_text())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "MASTER_ADDR": "127.0.0.1", "PYTHON": sys.executable, "HOME": str(tmp_path)}
+    done = subprocess.run(["bash", str(script)], cwd=elsewhere, env=env, capture_output=True, text=True, check=False)
+    assert f"repository: {checkout}" in done.stdout
+    log = checkout / "logs" / "coretech-local.out"
+    for _ in range(50):  # tee (a process substitution) may still be writing when bash exits
+        if log.exists() and "srun" in log.read_text():
+            break
+        time.sleep(0.1)
+    assert log.read_text().startswith(f"repository: {checkout}")
+    assert not (elsewhere / "logs").exists()
+    # No srun outside Slurm: the script stops there rather than running the pipeline without its nodes.
+    assert done.returncode != 0
