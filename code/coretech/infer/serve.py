@@ -123,6 +123,12 @@ def build_serve_command(
     path.write_text(header + yaml.safe_dump(values, sort_keys=False, allow_unicode=True), encoding="utf-8")
     check_launch_path(path, f"{kind} recipe")
     env: dict[str, str] = {}
+    if values.get("infer_backend") == "vllm":
+        # LLaMA-Factory 0.9.5 checks vllm<=0.11.0, which cannot start with transformers 5.6; the GPU set's
+        # vLLM 0.23 works with it (docs/inference.md), so only that one version check is lifted.
+        from coretech.infer.vllm import LLAMAFACTORY_VLLM_ENV
+
+        env.update(LLAMAFACTORY_VLLM_ENV)
     argv = [llamafactory_cli(), kind, str(path)]
     if kind == "api":
         env["API_HOST"] = os.environ.get("API_HOST", DEFAULT_API_HOST)

@@ -5,26 +5,93 @@ backend runs; without it the user gets one line with the install command. The en
 arguments are built by pure functions mirroring LLaMA-Factory's ``VllmEngine`` (so
 ``llamafactory-cli chat`` with the same recipe behaves the same), which lets tests check them on
 machines without vLLM or a GPU.
+
+``check_vllm_environment`` is the pre-flight for pipelines whose prediction uses vLLM: it imports vLLM and
+builds its tokenizer for the model it will serve, the step that fails at engine start when vLLM and
+transformers do not fit together (vLLM <= 0.11 with transformers 5.x), before days of training rather
+than after them. It needs no GPU.
 """
 
 from __future__ import annotations
 
+import gc
+import importlib.metadata
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
 from coretech.errors import CoreTechError
+from coretech.log import get_logger
 
 if TYPE_CHECKING:
     from llamafactory.data.template import Template
     from llamafactory.hparams import GeneratingArguments, ModelArguments
     from transformers import PreTrainedTokenizer
 
-INSTALL_COMMAND = "pip install -r requirements-gpu.txt"
+INSTALL_COMMAND = "pip install -r requirements-gpu.txt"  # the complete GPU set; `make install-gpu` runs it
+# The vLLM versions this project runs: 0.23.x is the newest line that accepts transformers 5.6 (LLaMA-Factory
+# 0.9.5's ceiling) and starlette < 1 (gradio 5.50's ceiling); <= 0.11 breaks on transformers 5 tokenizers,
+# 0.12-0.18 require transformers < 5 (requirements-gpu.txt and docs/inference.md have the evidence).
+SUPPORTED_VLLM = SpecifierSet(">=0.23.0,<0.24")
+# LLaMA-Factory 0.9.5 refuses vllm > 0.11.0 unless this is set; its chat/api/webui need it with our vLLM.
+LLAMAFACTORY_VLLM_ENV = {"DISABLE_VERSION_CHECK": "1"}
+_PROBE_TEXT = "IPC G06F 16/00: 数据检索 data retrieval"
+
+log = get_logger(__name__)
 MISSING_VLLM = f"the vllm backend needs vLLM, which is not installed: run `{INSTALL_COMMAND}` on a GPU machine"
 
 
 def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
+
+
+def _build_vllm_tokenizer(model: str, trust_remote_code: bool) -> Any:
+    """vLLM's own tokenizer factory, the call its engine makes at start, plus its caching proxy."""
+    try:
+        from vllm.tokenizers import get_tokenizer  # vLLM >= 0.12
+    except ImportError:
+        from vllm.transformers_utils.tokenizer import get_tokenizer  # vLLM <= 0.11: caches inside
+    tokenizer = get_tokenizer(model, trust_remote_code=trust_remote_code)
+    try:
+        from vllm.tokenizers.hf import get_cached_tokenizer
+    except ImportError:
+        return tokenizer
+    if not type(tokenizer).__name__.startswith("Cached"):
+        tokenizer = get_cached_tokenizer(tokenizer)  # what the engine's input processor wraps it in
+    return tokenizer
+
+
+def check_vllm_environment(model: str, trust_remote_code: bool = False) -> list[str]:
+    """Problems that would stop a vLLM engine for ``model`` (a local folder or a cached hub id); empty when fine.
+
+    Checks, without a GPU: vLLM is installed and importable, its version is in ``SUPPORTED_VLLM``, and its
+    tokenizer factory builds a tokenizer for ``model`` that round-trips a sample text. Each problem is one
+    line naming the model and the fix.
+    """
+    if not vllm_available():
+        return [f"vLLM is not installed in this environment ({MISSING_VLLM})"]
+    try:
+        version = Version(importlib.metadata.version("vllm"))
+    except importlib.metadata.PackageNotFoundError:
+        return [f"vLLM is importable but has no package metadata; reinstall it with `{INSTALL_COMMAND}`"]
+    if version not in SUPPORTED_VLLM:
+        return [f"vLLM {version} is not a supported version ({SUPPORTED_VLLM}); run `{INSTALL_COMMAND}`"]
+    try:
+        tokenizer = _build_vllm_tokenizer(model, trust_remote_code)
+        ids = tokenizer.encode(_PROBE_TEXT, add_special_tokens=False)
+        text = tokenizer.decode(ids)
+        special = tokenizer.all_special_ids
+    except Exception as error:  # any failure here is the failure the engine would hit at start
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return [f"{model}: vLLM {version} cannot build its tokenizer: {type(error).__name__}: {first}"]
+    problems = []
+    if text.strip() != _PROBE_TEXT:
+        problems.append(f"{model}: vLLM {version}'s tokenizer does not round-trip text: {text!r}")
+    if not isinstance(special, list):
+        problems.append(f"{model}: vLLM {version}'s tokenizer has no list of special token ids")
+    return problems
 
 
 def build_engine_kwargs(model_args: ModelArguments, device_count: int) -> dict[str, Any]:
@@ -98,3 +165,33 @@ class VllmGenerator:
         prompts = [{"prompt_token_ids": ids} for ids in batch]
         outputs = self.llm.generate(prompts, self.sampling, lora_request=self.lora, use_tqdm=False)
         return [output.outputs[0].text for output in outputs]
+
+    def close(self) -> None:
+        """Shut the engine down and give its GPU memory back, so the next model of the same run can start.
+
+        A pipeline predicts several models in one process; each engine reserves ``gpu_memory_utilization`` of
+        every GPU, so without this the second engine finds no free memory. Idempotent.
+        """
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        engine = getattr(llm, "llm_engine", None)
+        shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None), "shutdown", None)
+        if callable(shutdown):
+            shutdown()  # stops the engine-core process and its workers (vLLM V1)
+        del llm, engine
+        try:
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except ImportError:  # a vLLM without these helpers has nothing of ours to tear down
+            pass
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            free, total = torch.cuda.mem_get_info()
+            log.info("vLLM engine closed: %.1f of %.1f GiB free on GPU 0", free / 2**30, total / 2**30)
