@@ -106,7 +106,7 @@ def test_random_texts_the_automaton_accepts_contain_only_scheme_codes(automaton)
 
 
 def test_predict_recipe_accepts_and_strips_the_constrain_key(tmp_path):
-    recipe = Path("configs/smollm2-135m/predict.yaml").read_text(encoding="utf-8")
+    recipe = REPO / "configs/smollm2-135m/predict.yaml".read_text(encoding="utf-8")
     path = tmp_path / "predict.yaml"
     path.write_text(recipe + "constrain_codes: true\n", encoding="utf-8")
     settings = load_predict_recipe(path)
@@ -199,7 +199,7 @@ def test_the_real_model_writes_only_scheme_codes_when_constrained(embedded_model
     from coretech.infer.predict import run_prediction
 
     recipe = tmp_path / "predict.yaml"
-    text = Path("configs/smollm2-135m/predict.yaml").read_text(encoding="utf-8")
+    text = REPO / "configs/smollm2-135m/predict.yaml".read_text(encoding="utf-8")
     recipe.write_text(text.replace("max_new_tokens: 96", "max_new_tokens: 40"), encoding="utf-8")
     scheme = load_scheme(SAMPLE_SCHEME)
     rates = {}
@@ -214,6 +214,7 @@ def test_the_real_model_writes_only_scheme_codes_when_constrained(embedded_model
             recipe=recipe,
             backend="hf",
             constrain_codes=constrained,
+            scheme_files=SAMPLE_SCHEME,
         )
         rates[constrained] = _invalid_rate(out, scheme)
     invalid, total = rates[True]
@@ -239,9 +240,10 @@ def test_vllm_constrained_answers_have_only_scheme_codes(embedded_model, primed_
         dataset_dir=primed_demo_questions,
         dataset="primed_test",
         out_file=out,
-        recipe=Path("configs/smollm2-135m/predict.yaml"),
+        recipe=REPO / "configs/smollm2-135m/predict.yaml",
         backend="vllm",
         constrain_codes=True,
+        scheme_files=SAMPLE_SCHEME,
     )
     invalid, total = _invalid_rate(out, load_scheme(SAMPLE_SCHEME))
     assert total > 0 and invalid == 0
@@ -251,7 +253,7 @@ def test_preflight_accepts_coretech_keys_of_a_predict_recipe_and_checks_their_ty
     from coretech.config import load_yaml
     from coretech.preflight import check_llamafactory_config
 
-    path = Path("configs/smollm2-135m/predict.yaml")
+    path = REPO / "configs/smollm2-135m/predict.yaml"
     config = {**load_yaml(path), "constrain_codes": True, "retrieval_k": 5}
     assert check_llamafactory_config(config, path, "train", this_machine=False) == []
     problems = check_llamafactory_config({**config, "retrieval_k": "five"}, path, "train", this_machine=False)
