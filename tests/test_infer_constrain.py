@@ -106,7 +106,7 @@ def test_random_texts_the_automaton_accepts_contain_only_scheme_codes(automaton)
 
 
 def test_predict_recipe_accepts_and_strips_the_constrain_key(tmp_path):
-    recipe = REPO / "configs/smollm2-135m/predict.yaml".read_text(encoding="utf-8")
+    recipe = (REPO / "configs/smollm2-135m/predict.yaml").read_text(encoding="utf-8")
     path = tmp_path / "predict.yaml"
     path.write_text(recipe + "constrain_codes: true\n", encoding="utf-8")
     settings = load_predict_recipe(path)
@@ -199,7 +199,7 @@ def test_the_real_model_writes_only_scheme_codes_when_constrained(embedded_model
     from coretech.infer.predict import run_prediction
 
     recipe = tmp_path / "predict.yaml"
-    text = REPO / "configs/smollm2-135m/predict.yaml".read_text(encoding="utf-8")
+    text = (REPO / "configs/smollm2-135m/predict.yaml").read_text(encoding="utf-8")
     recipe.write_text(text.replace("max_new_tokens: 96", "max_new_tokens: 40"), encoding="utf-8")
     scheme = load_scheme(SAMPLE_SCHEME)
     rates = {}
