@@ -93,7 +93,12 @@ def _claim_as_base(out: Path, recipe: Path, model: Path) -> None:
     settings = load_predict_recipe(recipe)
     generation = json.loads(json.dumps(settings.generating_args().to_dict(), default=str))
     identity = prediction_identity(
-        model=str(model), adapter=None, generation=generation, dataset="demo_test", template=settings.template
+        model=str(model),
+        adapter=None,
+        generation=generation,
+        dataset="demo_test",
+        template=settings.template,
+        answering={"constrain_codes": False},
     )
     claim_output(out, identity)
 

@@ -38,7 +38,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 # 1 MiB slices per file tell two checkpoints of one architecture apart in milliseconds.
 _SLICE = 1 << 20
 # The order in which a mismatch is reported: the first differing key is named.
-_COMPARED = ("model", "adapter", "generation", "dataset", "template")
+_COMPARED = ("model", "adapter", "generation", "dataset", "template", "answering")
 
 
 def meta_path(out_file: Path) -> Path:
@@ -74,9 +74,16 @@ def model_fingerprint(name_or_path: str | None) -> str | None:
 
 
 def prediction_identity(
-    *, model: str, adapter: str | None, generation: dict[str, Any], dataset: str, template: str | None
+    *,
+    model: str,
+    adapter: str | None,
+    generation: dict[str, Any],
+    dataset: str,
+    template: str | None,
+    answering: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What makes two prediction runs interchangeable; paths are recorded for the message only."""
+    """What makes two prediction runs interchangeable; paths are recorded for the message only.
+    ``answering`` is how answers are made beyond generation (constrained decoding, the retrieval backend)."""
     adapters = [a.strip() for a in adapter.split(",")] if adapter else []
     return {
         "model": model_fingerprint(model),
@@ -84,6 +91,7 @@ def prediction_identity(
         "generation": generation,
         "dataset": dataset,
         "template": template,
+        "answering": answering or {},
         "paths": {"model": model, "adapter": adapter},
     }
 

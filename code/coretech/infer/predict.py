@@ -156,9 +156,9 @@ def _claim_output(
     an unconstrained file."""
     from coretech.infer.identity import claim_output, prediction_identity
 
-    generation = json.loads(json.dumps(generating_args.to_dict(), default=str)) | answering
+    generation = json.loads(json.dumps(generating_args.to_dict(), default=str))
     identity = prediction_identity(
-        model=model, adapter=adapter, generation=generation, dataset=dataset, template=template
+        model=model, adapter=adapter, generation=generation, dataset=dataset, template=template, answering=answering
     )
     claim_output(out_file, identity, replace=replace)
 
