@@ -24,8 +24,7 @@ from typing import Any
 
 from benchmark_docs import write_section  # benchmarks/benchmark_docs.py, beside this script
 
-from coretech.data.curriculum import ModelScorer
-from coretech.data.sft import build_sft_datasets, load_sft_config
+from coretech.data.sft import ModelScorer, build_sft_datasets, load_sft_config
 from coretech.models import ensure_embedded_model
 
 REPO = Path(__file__).resolve().parent.parent

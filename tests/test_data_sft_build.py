@@ -11,7 +11,7 @@ from coretech.cli import main
 from coretech.config import ConfigError
 from coretech.data.records import RecordError
 from coretech.data.sft import SftDataConfig, build_sft_datasets, load_sft_config
-from coretech.data.split import normalise_domain
+from coretech.data.sft.split import normalise_domain
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "configs" / "smollm2-135m" / "prepare_sft.yaml"

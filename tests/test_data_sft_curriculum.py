@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coretech.data.curriculum import (
+from coretech.data.sft.curriculum import (
     ModelScorer,
     answer_features,
     approximate_tokens,

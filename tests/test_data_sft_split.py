@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from coretech.data.split import normalise_domain, split_by_domain
+from coretech.data.sft.split import normalise_domain, split_by_domain
 
 
 @dataclass

@@ -10,18 +10,16 @@ import pytest
 from openpyxl import Workbook
 
 from coretech.data.records import RecordError, SkipLog
-from coretech.data.sft_qa import TEMPLATES
-from coretech.data.sft_tables import (
+from coretech.data.sft.imports import detect_format, read_alpaca, read_sharegpt
+from coretech.data.sft.qa import TEMPLATES
+from coretech.data.sft.subjects import domain_from_question
+from coretech.data.sft.tables import (
     TableLog,
-    detect_format,
-    domain_from_question,
     parse_code_cell,
     parse_office_answer,
     parse_technologies,
-    read_alpaca,
     read_office_table,
     read_paper_table,
-    read_sharegpt,
 )
 
 

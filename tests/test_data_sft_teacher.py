@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from coretech.data.sft import TeacherSettings, build_sft_datasets, load_sft_config
-from coretech.data.sft_teacher import TeacherRewriter, check_rewrite
+from coretech.data.sft.teacher import TeacherRewriter, check_rewrite
 from coretech.errors import CoreTechError
 
 

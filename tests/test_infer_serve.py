@@ -195,7 +195,7 @@ def test_teacher_rewriter_against_the_real_api_server(api_server: str, tmp_path:
     passes the same check as the build's) or rejected with a reason and the draft kept, and the
     replies are cached.
     """
-    from coretech.data.sft_teacher import TeacherRewriter, check_rewrite
+    from coretech.data.sft import TeacherRewriter, check_rewrite
 
     draft_ipc = "IPC codes for drones:\nB64U10/00: Type of UAV\nG05D1/00: Control of position"
     draft_tech = "Key technologies of drones:\n1. flight control\n2. swarm coordination"

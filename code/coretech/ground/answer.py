@@ -5,7 +5,7 @@
 evaluate`` scores it as one more run) and answers each question from :class:`CodeIndex`:
 
 * IPC_TASK: the header and one ``code：title`` line per retrieved code (top ``k``), as the SFT
-  answers are written (``coretech.data.sft_qa.render_ipc_answer``);
+  answers are written (``coretech.data.sft.qa.render_ipc_answer``);
 * TECH_TASK: the technologies of the most similar training subject (BM25 over the training
   split's TECH_TASK answers in the question's language), under the asked subject's header; an empty
   answer when nothing matches.
@@ -55,8 +55,8 @@ def training_records(dataset_dir: Path, dataset: str = TRAIN_DATASET) -> list[di
 
 def render_codes(subject: str, codes: list[str], language: str, scheme: IpcScheme) -> str:
     """The SFT IPC answer for ``codes`` (header, then ``code：title`` lines in scheme order)."""
-    from coretech.data.sft_qa import Glossary, render_ipc_answer
-    from coretech.data.sft_tables import TableCode
+    from coretech.data.sft.qa import Glossary, render_ipc_answer
+    from coretech.data.sft.cells import TableCode
 
     table_codes = [TableCode(parse_ipc(code)) for code in codes]
     return render_ipc_answer(subject, table_codes, language, scheme, Glossary(), with_titles=True)
@@ -103,7 +103,7 @@ class TechIndex:
 
 
 def render_technologies(subject: str, technologies: list[str], language: str) -> str:
-    from coretech.data.sft_qa import HEADERS
+    from coretech.data.sft.qa import HEADERS
 
     if not technologies:
         return ""

@@ -14,15 +14,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from coretech.errors import CoreTechError
 from coretech.ipc import extract_ipc_codes
+
+if TYPE_CHECKING:
+    from coretech.data.sft.config import TeacherSettings
+    from coretech.data.sft.qa import SftRecord
 
 SYSTEM_PROMPT = {
     "zh": (
@@ -169,3 +175,45 @@ class TeacherRewriter:
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(tqdm(pool.map(run, jobs), total=len(jobs), desc="teacher rewrites", unit="answer"))
+
+
+_TECH_LINE = re.compile(r"^\d+\.\s*(?P<name>[^（(]+)", re.MULTILINE)
+
+
+def apply_teacher(
+    teacher: TeacherSettings | None, records: list[SftRecord], default_cache: Path
+) -> dict[str, Any] | None:
+    """Rewrite each distinct rendered answer once (paraphrased questions share it) through the teacher;
+    ``None`` (no teacher configured) leaves the records as rendered."""
+    if teacher is None:
+        return None
+    rewriter = TeacherRewriter(
+        base_url=teacher.base_url,
+        model=teacher.model,
+        cache_path=teacher.cache or default_cache,
+        api_key_env=teacher.api_key_env,
+        max_retries=teacher.max_retries,
+        timeout_s=teacher.timeout_s,
+        temperature=teacher.temperature,
+        concurrency=teacher.concurrency,
+    )
+    first: dict[tuple[str, str, str], SftRecord] = {}
+    for record in records:
+        if record.rendered and record.task in teacher.tasks and record.language in teacher.languages:
+            first.setdefault((record.output, record.language, record.task), record)
+    jobs = [
+        (
+            "\n".join(filter(None, [r.instruction, r.input])),
+            r.output,
+            r.language,
+            r.task,
+            [m["name"].strip() for m in _TECH_LINE.finditer(r.output)] if r.task == "tech" else [],
+        )
+        for r in first.values()
+    ]
+    rewrites = dict(zip(first, rewriter.rewrite(jobs), strict=True))
+    for record in records:
+        key = (record.output, record.language, record.task)
+        if key in rewrites:
+            record.output = rewrites[key]
+    return rewriter.stats.as_dict()

@@ -22,12 +22,18 @@ from __future__ import annotations
 import math
 import random
 import re
+import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from coretech.config import ConfigError
 from coretech.ipc import LEVELS, extract_ipc_codes
+
+if TYPE_CHECKING:
+    from coretech.data.sft.config import DifficultySettings
+    from coretech.data.sft.qa import SftRecord
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _LIST_ITEM = re.compile(r"^\s*(?:\d+[.、)]|[-•*])\s*\S", re.MULTILINE)
@@ -270,3 +276,60 @@ def plot_stage_histogram(path: Path, stage_scores: Sequence[float], all_scores: 
     with atomic_open(path, "wb") as handle:
         figure.savefig(handle, format="png")
     plt.close(figure)
+
+
+def score_difficulty(settings: DifficultySettings, train: list[SftRecord]) -> dict[str, Any]:
+    """Fill each training record's rule, model and combined difficulty; return a summary for the report."""
+    scorer = None
+    started = time.perf_counter()
+    if settings.model is not None:
+        try:
+            scorer = ModelScorer(settings.model, max_length=settings.max_length, dtype=settings.dtype)
+        except (OSError, ValueError) as exc:  # missing folder, uncached hub id, invalid repo name
+            raise ConfigError(
+                f"difficulty.model: cannot load {settings.model!r} as a model folder or cached hub model "
+                f"({str(exc).splitlines()[0]}); for the embedded model run `coretech prepare model` first"
+            ) from None
+    count = scorer.count_tokens if scorer else approximate_tokens
+    features = [answer_features(r.output, r.task, count) for r in train]
+    groups = [(r.task, r.language) for r in train]
+    rule = rule_scores(features, [r.task for r in train], settings.rule_weights, [r.language for r in train])
+    model_raw: list[float] | None = None
+    keys: list[Any] = []
+    if scorer is not None:
+        # Paraphrased questions share one answer; with ``per: answer`` the model scores each distinct
+        # answer once (with its first question), which divides the cost by the number of phrasings.
+        keys = [(r.output, r.language) if settings.per == "answer" else i for i, r in enumerate(train)]
+        first: dict[Any, SftRecord] = {}
+        for key, record in zip(keys, train, strict=True):
+            first.setdefault(key, record)
+        pairs = [("\n".join(filter(None, [r.instruction, r.input])), r.output) for r in first.values()]
+        by_key = dict(zip(first, scorer.scores(pairs, settings.metric, settings.batch_size), strict=True))
+        model_raw = [by_key[key] for key in keys]
+    # Per-token loss is ranked within each task and language too: byte-level tokenizers split a
+    # Chinese character into predictable pieces, so raw losses are not comparable across scripts.
+    model_rank = ranks_within_groups(model_raw, groups) if model_raw else None
+    weight = settings.model_weight if model_rank else 0.0
+    for i, record in enumerate(train):
+        record.difficulty_rule = round(rule[i], 4)
+        record.difficulty_model = round(model_raw[i], 4) if model_raw else None
+        model_part = model_rank[i] if model_rank else 0.0
+        record.difficulty = round((1 - weight) * rule[i] + weight * model_part, 4)
+    if scorer is not None:
+        description = (
+            f"{1 - weight:.2f} × rule percentile + {weight:.2f} × {settings.metric} percentile "
+            f"({settings.model}), ranked within task and language"
+        )
+    else:
+        description = "rule-based only, ranked within task and language (set difficulty.model for the model score)"
+    summary = {
+        "description": description,
+        "metric": settings.metric if scorer else None,
+        "model": settings.model if scorer else None,
+        "model_weight": weight,
+        "model_scored": len(set(keys)),
+        "rule_weights": settings.rule_weights,
+        "token_counter": "model tokenizer" if scorer else "approximate (CJK characters + words)",
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return summary

@@ -66,14 +66,16 @@ def split_by_domain(
     data and the seed, not on input order. With two or more domains and ``0 < test_share < 1`` each
     side gets at least one domain. Records keep their input order within each side.
     """
+    keys = [normalise_domain(record.domain, aliases) for record in records]
+    return split_by_group(records, keys, test_share, seed)
+
+
+def split_by_group(records: Sequence[R], keys: Sequence[str], test_share: float, seed: int) -> DomainSplit:
+    """Put whole groups (one key each) on the test side, in a seeded random order, until ``test_share``
+    of the records; the order depends on the keys and the seed only, never on the input order."""
     if not 0 <= test_share < 1:
         raise ValueError(f"test_share must be in [0, 1), got {test_share}")
-    sizes: Counter = Counter()
-    keys = []
-    for record in records:
-        key = normalise_domain(record.domain, aliases)
-        keys.append(key)
-        sizes[key] += 1
+    sizes: Counter = Counter(keys)
     order = sorted(sizes)
     random.Random(seed).shuffle(order)  # noqa: S311 -- a seeded split, not cryptography
     target = test_share * len(records)
@@ -82,7 +84,7 @@ def split_by_domain(
     for key in order:
         if taken >= target or len(test_keys) + 1 >= len(order):
             break
-        # Skip a domain that would overshoot by more than it fills, unless nothing is taken yet.
+        # Skip a group that would overshoot by more than it fills, unless nothing is taken yet.
         if test_keys and taken + sizes[key] - target > target - taken:
             continue
         test_keys.add(key)

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from coretech.data.records import RecordError
-from coretech.data.sft_tables import ImportedRecord, KeyTechEntry, TableCode, Task, Technology
+from coretech.data.sft.imports import ImportedRecord
+from coretech.data.sft.subjects import Task
+from coretech.data.sft.tables import KeyTechEntry, TableCode, Technology
 from coretech.ipc import IpcScheme
 
 Language = Literal["zh", "en"]
@@ -66,10 +68,52 @@ TEMPLATES: dict[Task, dict[Language, list[tuple[str, str]]]] = {
     },
 }
 
+# Areas and technologies are asked about by name, without ``领域`` (``智能芯片涉及哪些IPC分类号？``),
+# as the reference asks per key technology.
+SUBJECT_TEMPLATES: dict[Task, dict[Language, list[tuple[str, str]]]] = {
+    "ipc": {
+        "zh": [
+            ("{domain}涉及哪些IPC分类号？", ""),
+            ("{domain}涉及的IPC分类编号有哪些？", ""),
+            ("{domain}会涉及到哪些IPC分类号？", ""),
+            ("请列出与{domain}相关的IPC分类号。", ""),
+            ("下面的技术涉及哪些IPC分类号？", "{domain}"),
+        ],
+        "en": [
+            ("Which IPC codes does {domain} involve?", ""),
+            ("Which IPC codes are relevant to {domain}?", ""),
+            ("List the IPC codes related to {domain}.", ""),
+            ("Under which IPC codes are patents on {domain} filed?", ""),
+            ("Which IPC codes does this technology involve?", "{domain}"),
+        ],
+    },
+    "tech": {
+        "zh": [
+            ("{domain}包含哪些关键技术？", ""),
+            ("{domain}涉及哪些关键技术？", ""),
+            ("请列举{domain}的关键技术。", ""),
+            ("实现{domain}需要用到哪些关键技术？", ""),
+            ("下面的技术包含哪些关键技术？", "{domain}"),
+        ],
+        "en": [
+            ("Which key technologies does {domain} include?", ""),
+            ("List the key technologies of {domain}.", ""),
+            ("What are the core technologies behind {domain}?", ""),
+            ("Which key technologies are needed for {domain}?", ""),
+            ("Which key technologies does this technology include?", "{domain}"),
+        ],
+    },
+}
+
 HEADERS: dict[Task, dict[Language, str]] = {
     "ipc": {"zh": "{domain}领域涉及的IPC分类号：", "en": "IPC codes for {domain}:"},
     "tech": {"zh": "{domain}领域的关键核心技术：", "en": "Key technologies of {domain}:"},
 }
+SUBJECT_HEADERS: dict[Task, dict[Language, str]] = {
+    "ipc": {"zh": "{domain}涉及的IPC分类号：", "en": "IPC codes for {domain}:"},
+    "tech": {"zh": "{domain}包含的关键技术：", "en": "Key technologies of {domain}:"},
+}
+Level = Literal["domain", "area", "technology"]
 
 
 @dataclass
@@ -85,7 +129,8 @@ class SftRecord:
     language: str
     origin: str  # <file>:<row> of the table row or imported record
     system: str = ""  # LLaMA-Factory's alpaca mapping reads this column; empty means the template's default
-    subject: str = ""  # what the question names: the domain, or a level-1 area of it
+    subject: str = ""  # what the question names: the domain, a level-1 area or a technology of it
+    level: str = "domain"  # domain, area or technology (imported records: the subject's level is unknown)
     difficulty: float | None = None
     difficulty_rule: float | None = None
     difficulty_model: float | None = None
@@ -163,7 +208,7 @@ class RenderSettings:
     languages: list[str]
     phrasings: dict[str, int]
     tasks: list[str]
-    area_questions: bool
+    levels: list[str]
     tech_details: bool
     code_titles: bool
     keep_codes_missing_from_scheme: bool
@@ -184,9 +229,11 @@ def render_ipc_answer(
     scheme: IpcScheme,
     glossary: Glossary,
     with_titles: bool,
+    level: str = "domain",
 ) -> str:
     """Header and one ``code：title`` line per code, codes in scheme order (easier to learn than table order)."""
-    header = HEADERS["ipc"][language].format(domain=glossary.translate(subject, language))
+    headers = HEADERS if level == "domain" else SUBJECT_HEADERS
+    header = headers["ipc"][language].format(domain=glossary.translate(subject, language))
     colon = "：" if language == "zh" else ": "
     lines = [header]
     for item in sorted(codes, key=lambda c: c.code.sort_key):
@@ -198,10 +245,16 @@ def render_ipc_answer(
 
 
 def render_tech_answer(
-    subject: str, technologies: list[Technology], language: str, glossary: Glossary, with_details: bool
+    subject: str,
+    technologies: list[Technology],
+    language: str,
+    glossary: Glossary,
+    with_details: bool,
+    level: str = "domain",
 ) -> str:
     """Header and a numbered line per technology, with its details in brackets when asked for."""
-    header = HEADERS["tech"][language].format(domain=glossary.translate(subject, language))
+    headers = HEADERS if level == "domain" else SUBJECT_HEADERS
+    header = headers["tech"][language].format(domain=glossary.translate(subject, language))
     lines = [header]
     for number, tech in enumerate(technologies, 1):
         name = glossary.translate(tech.name, language)
@@ -227,10 +280,12 @@ def _checked_codes(
     return kept
 
 
-def _questions(seed: int, key: str, task: Task, language: Language, count: int, subject: str) -> list[tuple[str, str]]:
+def _questions(
+    seed: int, key: str, task: Task, language: Language, count: int, subject: str, level: str = "domain"
+) -> list[tuple[str, str]]:
     """``count`` phrasings, chosen by a generator seeded with the entry's key: stable across runs and
     independent of the other entries (adding a table row does not reshuffle everyone's questions)."""
-    templates = TEMPLATES[task][language]
+    templates = (TEMPLATES if level == "domain" else SUBJECT_TEMPLATES)[task][language]
     rng = random.Random(f"{seed}|{key}|{task}|{language}")  # noqa: S311 -- seeded phrasing choice
     chosen = rng.sample(templates, min(count, len(templates)))
     return [(i.format(domain=subject), q.format(domain=subject)) for i, q in chosen]
@@ -244,34 +299,43 @@ def render_entry(
     seed: int,
     log: RenderLog,
 ) -> list[SftRecord]:
-    """All records of one table entry: per task, language and phrasing, for the domain (and its areas)."""
-    subjects: list[tuple[str, list[Technology], list[TableCode]]] = [
-        (entry.domain, entry.technologies, entry.all_codes())
-    ]
-    if settings.area_questions:
+    """All records of one table entry: per task, language and phrasing, at each level asked for.
+
+    Levels: the domain (all technologies and codes), each level-1 area of an office table (its
+    technologies and their codes) and each technology (its codes; its directions as TECH_TASK).
+    """
+    subjects: list[tuple[str, str, list[Technology], list[TableCode]]] = []
+    if "domain" in settings.levels:
+        subjects.append(("domain", entry.domain, entry.technologies, entry.all_codes()))
+    if "area" in settings.levels:
         for area in entry.areas():
             technologies = [t for t in entry.technologies if t.area == area]
             codes = list({str(c.code): c for t in technologies for c in t.codes}.values())
-            subjects.append((area, technologies, codes))
+            subjects.append(("area", area, technologies, codes))
+    if "technology" in settings.levels:
+        for tech in entry.technologies:
+            directions = [Technology(name=d) for d in tech.details]
+            subjects.append(("technology", tech.name, directions, tech.codes))
     records = []
-    for subject, technologies, raw_codes in subjects:
+    for level, subject, technologies, raw_codes in subjects:
         codes = _checked_codes(entry, raw_codes, scheme, settings, log)
         for task in settings.tasks:
             if task == "ipc" and not codes:
-                log.notes["IPC_TASK not built: no valid IPC codes"] += 1
+                log.notes[f"IPC_TASK not built ({level}): no valid IPC codes"] += 1
                 continue
             if task == "tech" and not technologies:
-                log.notes["TECH_TASK not built: no technologies"] += 1
+                log.notes[f"TECH_TASK not built ({level}): no technologies"] += 1
                 continue
             for language in settings.languages:
                 if task == "ipc":
-                    answer = render_ipc_answer(subject, codes, language, scheme, glossary, settings.code_titles)
+                    answer = render_ipc_answer(subject, codes, language, scheme, glossary, settings.code_titles, level)
                 else:
-                    answer = render_tech_answer(subject, technologies, language, glossary, settings.tech_details)
+                    answer = render_tech_answer(subject, technologies, language, glossary, settings.tech_details, level)
                 shown = glossary.translate(subject, language)
                 count = settings.phrasings.get(language, 0)
                 key = f"{entry.source}|{entry.domain}|{subject}"
-                for instruction, query in _questions(seed, key, task, language, count, shown):  # type: ignore[arg-type]
+                phrasings = _questions(seed, key, task, language, count, shown, level)  # type: ignore[arg-type]
+                for instruction, query in phrasings:
                     records.append(
                         SftRecord(
                             instruction=instruction,
@@ -283,6 +347,7 @@ def render_entry(
                             language=language,
                             origin=entry.location,
                             subject=subject,
+                            level=level,
                         )
                     )
     return records
