@@ -55,8 +55,8 @@ def training_records(dataset_dir: Path, dataset: str = TRAIN_DATASET) -> list[di
 
 def render_codes(subject: str, codes: list[str], language: str, scheme: IpcScheme) -> str:
     """The SFT IPC answer for ``codes`` (header, then ``code：title`` lines in scheme order)."""
-    from coretech.data.sft.qa import Glossary, render_ipc_answer
     from coretech.data.sft.cells import TableCode
+    from coretech.data.sft.qa import Glossary, render_ipc_answer
 
     table_codes = [TableCode(parse_ipc(code)) for code in codes]
     return render_ipc_answer(subject, table_codes, language, scheme, Glossary(), with_titles=True)
