@@ -16,6 +16,7 @@ from coretech.pipeline.single import resolve_recipe, train_recipe
 from coretech.pipeline.spec import LoadedPipeline, PipelineSpec, PredictModel, load_pipeline
 from coretech.pipeline.stages import preflight, resolve_stages
 from coretech.pipeline.training import refuse_if_still_running
+from coretech.runs import resolve_run_model, run_lock
 
 __all__ = [
     "LoadedPipeline",
@@ -26,7 +27,9 @@ __all__ = [
     "preflight",
     "refuse_if_still_running",
     "resolve_recipe",
+    "resolve_run_model",
     "resolve_stages",
+    "run_lock",
     "run_pipeline",
     "train_recipe",
     "validate_pipeline",
