@@ -163,8 +163,8 @@ def test_demo_datasets_exist_in_the_dataset_info_the_prepare_step_writes(prepare
     import json
 
     info = json.loads((prepared_demo_data / "dataset_info.json").read_text(encoding="utf-8"))
-    spec, _ = load_pipeline("configs/pipelines/demo.yaml")
-    assert planned_datasets(spec) <= set(info)
+    spec = load_pipeline("configs/pipelines/demo.yaml").spec
+    assert planned_datasets(spec, load_prepare_settings(spec)) <= set(info)
     for name, entry in info.items():
         assert (prepared_demo_data / entry["file_name"]).exists(), f"{name}: {entry['file_name']} missing"
 

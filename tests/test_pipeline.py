@@ -441,3 +441,22 @@ def test_builder_reports_are_nested_under_the_run_report_headings():
     text = "# SFT data\n\nWritten.\n\n## Split\n| a |"
     assert demote_headings(text, to_level=3) == "### SFT data\n\nWritten.\n\n#### Split\n| a |"
     assert demote_headings("no headings", to_level=3) == "no headings"
+
+
+def test_fresh_deletes_only_when_asked_and_says_what(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    finish_without_training(DEMO, run_dir, [])
+    assert main(["run", str(DEMO), "--run-dir", str(run_dir), "--dry-run", "--fresh"]) == 0
+    captured = capsys.readouterr()
+    plans = plan_lines(captured.out)
+    assert "--fresh deletes the manifest" in captured.out
+    assert plans["cpt (train)"] == "run (not run yet)"
+    assert (run_dir / "cpt" / "output").exists() and (run_dir / "manifest.json").exists()  # a dry-run deletes nothing
+
+    from coretech.pipeline.runner import fresh_start
+
+    (run_dir / "cpt" / "config.yaml").write_text("stage: pt\n")
+    fresh_start(run_dir)
+    err = capsys.readouterr().err
+    assert "--fresh: deleting" in err and str(run_dir / "manifest.json") in err and str(run_dir / "cpt") in err
+    assert not (run_dir / "cpt").exists() and not (run_dir / "manifest.json").exists()

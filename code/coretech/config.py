@@ -83,12 +83,14 @@ def _merge_into(target: dict[str, Any], update: dict[str, Any]) -> None:
 
 
 def repo_root_of(path: str | Path) -> Path:
-    """The repository that holds a config: the nearest folder above it that has a ``configs/`` folder."""
+    """The repository that holds a config: the nearest folder above it that has a ``configs/`` folder.
+
+    A config outside any repository (a one-off pipeline in /tmp) keeps the old rule: the current directory."""
     path = Path(path).resolve()
     for folder in path.parents:
         if (folder / "configs").is_dir():
             return folder
-    return path.parent
+    return Path.cwd()
 
 
 def resolve_path(value: str | Path, repo: Path) -> Path:

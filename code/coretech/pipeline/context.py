@@ -23,6 +23,7 @@ class RunContext:
     manifest: Manifest
     launch: LaunchSettings
     dry_run: bool = False
+    fresh: bool = False  # --fresh: everything was deleted first (in a dry-run: would be)
     timings: dict[str, float] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)  # step key → fingerprint, for chaining
     metrics: dict[str, Any] | None = None

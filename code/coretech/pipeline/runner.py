@@ -52,7 +52,7 @@ def plan_step(ctx: RunContext, step: Step, fp: str, parts: dict[str, Any]) -> Pl
                 "resume", f"same inputs, {entry.get('status', 'unfinished')} earlier: continues its partial output"
             )
         return Plan("run", "same inputs, not finished earlier")
-    existing = [p for p in step.outputs() if p.exists()]
+    existing = [] if ctx.fresh else [p for p in step.outputs() if p.exists()]  # --fresh deleted them
     if entry:
         reason = f"changed: {', '.join(changed_parts(entry.get('parts'), parts)) or 'fingerprint scheme'}"
     else:
@@ -179,7 +179,7 @@ def _run(
     elif fresh and dry_run:
         print("plan: --fresh deletes the manifest, data/, predict/, eval/ and every stage folder first", flush=True)
     manifest = Manifest(run_dir / MANIFEST) if not (fresh and dry_run) else Manifest(run_dir / ".none")
-    ctx = RunContext(loaded, run_dir, manifest, launch, dry_run=dry_run)
+    ctx = RunContext(loaded, run_dir, manifest, launch, dry_run=dry_run, fresh=fresh)
     step_counts = {n: e.get("global_step") for n, e in manifest.data["stages"].items() if e.get("global_step")}
     stages = resolve_stages(loaded, run_dir, step_counts)
     log.info("pipeline %s: %d stage(s), run folder %s", spec.name, len(stages), run_dir)
