@@ -449,7 +449,7 @@ def test_fresh_deletes_only_when_asked_and_says_what(tmp_path, capsys):
     assert main(["run", str(DEMO), "--run-dir", str(run_dir), "--dry-run", "--fresh"]) == 0
     captured = capsys.readouterr()
     plans = plan_lines(captured.out)
-    assert "--fresh deletes the manifest" in captured.out
+    assert plans["--fresh"].startswith("deletes the manifest, data/, predict/, eval/ and every stage folder")
     assert plans["cpt (train)"] == "run (not run yet)"
     assert (run_dir / "cpt" / "output").exists() and (run_dir / "manifest.json").exists()  # a dry-run deletes nothing
 

@@ -16,6 +16,13 @@ from coretech.pipeline.spec import LoadedPipeline, PipelineSpec
 from coretech.runs import Manifest, content_digest, relative_paths
 
 
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 @dataclass
 class RunContext:
     loaded: LoadedPipeline
@@ -88,7 +95,7 @@ class Step:
 
     def summary(self, entry: dict[str, Any]) -> str:
         """One line for the log once the step is done."""
-        return "done"
+        return f"done in {format_seconds(entry.get('seconds'))}"
 
     def after(self, ctx: RunContext, entry: dict[str, Any]) -> None:
         """Bookkeeping after the step ran or was skipped (e.g. which model a stage produced)."""

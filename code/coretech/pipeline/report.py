@@ -8,8 +8,7 @@ from typing import Any
 
 from coretech.files import write_text_atomic
 from coretech.log import get_logger
-from coretech.pipeline.context import RunContext
-from coretech.pipeline.training import format_seconds
+from coretech.pipeline.context import RunContext, format_seconds
 from coretech.tables import markdown_table
 
 log = get_logger(__name__)

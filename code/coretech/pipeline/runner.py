@@ -177,7 +177,7 @@ def _run(
     if fresh and not dry_run and launch.node_rank == 0:
         fresh_start(run_dir)
     elif fresh and dry_run:
-        print("plan: --fresh deletes the manifest, data/, predict/, eval/ and every stage folder first", flush=True)
+        print("plan: --fresh: deletes the manifest, data/, predict/, eval/ and every stage folder first", flush=True)
     manifest = Manifest(run_dir / MANIFEST) if not (fresh and dry_run) else Manifest(run_dir / ".none")
     ctx = RunContext(loaded, run_dir, manifest, launch, dry_run=dry_run, fresh=fresh)
     step_counts = {n: e.get("global_step") for n, e in manifest.data["stages"].items() if e.get("global_step")}

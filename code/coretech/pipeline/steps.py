@@ -47,7 +47,7 @@ class PrepareStep(Step):
                 continue
             settings = load_yaml(path)
             repo = repo_root_of(path)
-            parts[f"{key} settings"] = settings
+            parts[f"{key} settings"] = ctx.portable(settings)
             parts[f"{key} inputs"] = {
                 str(ctx.portable(str(p))): content_digest(p) for p in named_inputs(settings, repo)
             }

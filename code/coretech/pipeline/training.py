@@ -12,7 +12,7 @@ from coretech.errors import CoreTechError, StageFailed
 from coretech.files import write_text_atomic
 from coretech.launch import check_launch_path, child_environment, describe_command, llamafactory_cli, run_logged
 from coretech.log import get_logger
-from coretech.pipeline.context import RunContext, Step
+from coretech.pipeline.context import RunContext, Step, format_seconds
 from coretech.pipeline.stages import ResolvedStage, dump_config
 from coretech.runs import content_digest, stored_path
 
@@ -98,13 +98,6 @@ def refuse_if_still_running(config_path: Path, name: str, node_rank: int = 0) ->
             f"stage {name}: processes of an earlier run are still training on {config_path} (pids {pids}); "
             f"stop them (kill {pids}) before rerunning"
         )
-
-
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class TrainStep(Step):
