@@ -460,3 +460,65 @@ def test_fresh_deletes_only_when_asked_and_says_what(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--fresh: deleting" in err and str(run_dir / "manifest.json") in err and str(run_dir / "cpt") in err
     assert not (run_dir / "cpt").exists() and not (run_dir / "manifest.json").exists()
+
+
+def test_a_new_raw_export_under_a_glob_reruns_prepare_and_every_later_stage(tmp_path, embedded_model):
+    """For real: prepare runs twice in-process; training is stood in for, its plan is what is checked."""
+    from coretech.pipeline.runner import plan_step, run_step
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("patents_google.jsonl", "patents_flat.jsonl"):
+        shutil.copy(REPO / "data" / "samples" / name, raw / name)
+    settings = yaml.safe_load((REPO / "configs" / "smollm2-135m" / "prepare_cpt.yaml").read_text())
+    settings["patents"]["files"] = [str(raw / "*.jsonl")]
+    settings["tokenizer"] = str(embedded_model)
+    settings["ipc_scheme"] = [str(REPO / p) for p in settings["ipc_scheme"]]
+    settings["general"]["files"] = [str(REPO / p) for p in settings["general"]["files"]]
+    cpt_recipe = str(REPO / "configs" / "smollm2-135m" / "cpt.yaml")
+    pipeline = write_yaml(
+        tmp_path / "glob.yaml",
+        {
+            "name": "glob",
+            "base_model": str(embedded_model),
+            "embedded_model": True,
+            "data": {"cpt": str(write_yaml(tmp_path / "prepare_cpt.yaml", settings))},
+            "stages": [
+                {"name": "cpt", "recipe": cpt_recipe},
+                {"name": "cpt_more", "recipe": cpt_recipe, "start_from": "cpt"},
+            ],
+        },
+    )
+    loaded = load_pipeline(pipeline)
+    run_dir = (tmp_path / "run").resolve()
+
+    def steps_and_context():
+        ctx = RunContext(loaded, run_dir, Manifest(run_dir / "manifest.json"), loaded.spec.launch)
+        return build_steps(ctx, resolve_stages(loaded, run_dir)), ctx
+
+    steps, ctx = steps_and_context()
+    run_step(ctx, steps[0])  # the real prepare step
+    for step in steps[1:]:  # stand-ins for two finished training stages
+        parts = step.fingerprint_parts(ctx)
+        ctx.fingerprints[step.key] = fp = fingerprint_parts(parts)
+        step.outputs()[0].mkdir(parents=True)
+        (step.outputs()[0] / "adapter_model.safetensors").touch()
+        ctx.manifest.record(step.section, step.name, {"status": "done", "fingerprint": fp, "parts": parts})
+    corpus_before = (run_dir / "data" / "dataset_info.json").read_text()
+
+    lines = (raw / "patents_flat.jsonl").read_text().splitlines()
+    (raw / "patents_flat.jsonl").write_text("\n".join(lines[: len(lines) // 2]) + "\n")  # a new export
+    steps, ctx = steps_and_context()
+    prepare_plan = plan_step(ctx, steps[0], fingerprint_parts(parts := steps[0].fingerprint_parts(ctx)), parts)
+    assert (prepare_plan.action, prepare_plan.reason) == ("run", "changed: cpt inputs")
+    run_step(ctx, steps[0])
+    assert ctx.manifest.entry("steps", "prepare")["status"] == "done"
+    assert (run_dir / "data" / "dataset_info.json").read_text() == corpus_before  # same names, new content
+    plans = {}
+    for step in steps[1:]:
+        parts = step.fingerprint_parts(ctx)
+        ctx.fingerprints[step.key] = fp = fingerprint_parts(parts)
+        plans[step.name] = plan_step(ctx, step, fp, parts)
+    assert plans["cpt"].action == "rerun" and plans["cpt"].reason == "changed: datasets"
+    assert plans["cpt_more"].action == "rerun" and "starts from" in plans["cpt_more"].reason
+    assert plans["cpt"].move_aside == [run_dir / "cpt" / "output"]
