@@ -522,3 +522,10 @@ def test_a_new_raw_export_under_a_glob_reruns_prepare_and_every_later_stage(tmp_
     assert plans["cpt"].action == "rerun" and plans["cpt"].reason == "changed: datasets"
     assert plans["cpt_more"].action == "rerun" and "starts from" in plans["cpt_more"].reason
     assert plans["cpt"].move_aside == [run_dir / "cpt" / "output"]
+
+
+def test_a_predict_model_row_with_an_unknown_key_names_it(tmp_path):
+    data = demo_data()
+    data["predict"]["models"] = [{"name": "x", "model": "cpt", "backnd": "hf"}]
+    with pytest.raises(ConfigError, match=r"predict\.models\[0\]: unknown key 'backnd'"):
+        load_pipeline(write_yaml(tmp_path / "p.yaml", data))

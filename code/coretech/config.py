@@ -135,7 +135,8 @@ def _convert(value: Any, tp: Any, where: str, text_takes_scalars: bool = False) 
             try:
                 return _convert(value, arg, where, text_takes_scalars)
             except ConfigError as exc:
-                errors.append(str(exc))
+                # A mapping meant for a settings class: its own error (unknown key …) says more.
+                errors.insert(0 if isinstance(value, dict) and _is_dataclass_type(arg) else len(errors), str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
     if origin is typing.Literal:
         allowed = get_args(tp)

@@ -130,4 +130,5 @@ def print_summary(ctx: RunContext, report: Path) -> None:
                 print(f"test set {dataset}:", flush=True)
             print_metrics_table(metrics)
     log.info("report: %s", report)
-    log.info("metrics: %s", ctx.run_dir / "metrics.json")
+    if by_set:
+        log.info("metrics: %s", ctx.run_dir / "metrics.json")
