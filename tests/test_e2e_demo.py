@@ -167,3 +167,7 @@ def test_failing_stage_stops_the_run_with_one_line_and_keeps_earlier_outputs(dem
     assert manifest["stages"]["cpt"]["status"] == "done"
     assert manifest["stages"]["sft_stage1"]["status"] == "failed"
     assert manifest["stages"]["sft_stage2"]["status"] == "done"  # from the earlier run, untouched
+    # The changed stage's finished output was moved aside, not deleted, and the log says so.
+    (previous,) = (run_dir / "sft_stage1").glob("previous-*")
+    assert (previous / "output" / "adapter_model.safetensors").is_file()
+    assert f"moved {run_dir / 'sft_stage1' / 'output'} to {previous / 'output'}" in result.stderr

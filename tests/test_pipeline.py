@@ -298,6 +298,7 @@ def test_a_changed_override_reruns_that_stage_and_every_later_one_and_says_what_
     overrides = ["train.max_steps=2"]
     run_dir = tmp_path / "run"
     finish_without_training(DEMO, run_dir, overrides)
+    (run_dir / "sft_stage2" / "config.yaml").write_text("# what was trained\n")
     assert main(["run", str(DEMO), "--run-dir", str(run_dir), "--dry-run", *overrides, "sft_stage2.lora_rank=8"]) == 0
     plans = plan_lines(capsys.readouterr().out)
     for name in ("prepare", "cpt (train)", "cpt (merge)", "sft_stage1 (train)", "sft_shuffled (train)"):
@@ -309,6 +310,8 @@ def test_a_changed_override_reruns_that_stage_and_every_later_one_and_says_what_
     assert plans["predict.sft_stage2"].startswith("rerun (changed: model)")
     assert plans["predict.cpt"].startswith("skip")
     assert (run_dir / "sft_stage2" / "output" / "adapter_model.safetensors").exists()  # a plan moves nothing
+    assert (run_dir / "sft_stage2" / "config.yaml").read_text() == "# what was trained\n"  # nor overwrites
+    assert "lora_rank: 8" in (run_dir / "sft_stage2" / "config.planned.yaml").read_text()
 
 
 def test_replacing_a_raw_file_a_glob_matches_reruns_prepare(tmp_path, capsys):

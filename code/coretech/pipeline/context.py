@@ -78,6 +78,10 @@ class Step:
         """Finished work this step owns: moved aside (never deleted) when its fingerprint changes."""
         return []
 
+    def records(self) -> list[Path]:
+        """The files that say how the outputs were made (config, command, log): moved aside with them."""
+        return []
+
     def complete(self, ctx: RunContext) -> bool:
         """Whether the step's result is on disk (a manifest entry alone is not enough)."""
         return True

@@ -116,7 +116,8 @@ def run_step(ctx: RunContext, step: Step) -> None:
         step.after(ctx, ctx.manifest.entry(step.section, step.name))
         return
     if plan.move_aside:
-        move_aside(plan.move_aside, f"{step.label}: {plan.reason}")
+        records = [p for p in step.records() if p.exists()]
+        move_aside([*plan.move_aside, *records], f"{step.label}: {plan.reason}")
     log.info(
         "%s: %s (%s)",
         step.label,

@@ -65,7 +65,8 @@ def launch(ctx: RunContext, name: str, argv: list[str], env_extra: dict[str, str
     # Nodes share the run folder: node k > 0 writes train.node<k>.log beside node 0's train.log.
     node = "" if ctx.launch.node_rank == 0 else f".node{ctx.launch.node_rank}"
     stem = "command" if log_name == "train" else f"{log_name}_command"
-    write_text_atomic(folder / f"{stem}{node}.txt", command)
+    if not (ctx.dry_run and (folder / f"{stem}{node}.txt").exists()):  # a dry-run keeps a finished stage's record
+        write_text_atomic(folder / f"{stem}{node}.txt", command)
     if ctx.dry_run:
         print(f"--- {name} ({log_name})\n{command}", end="", flush=True)
         return
@@ -133,6 +134,9 @@ class TrainStep(Step):
     def outputs(self) -> list[Path]:
         return [self.stage.output_dir]
 
+    def records(self) -> list[Path]:
+        return [self.config_path, *self.stage.stage_dir.glob("command*.txt"), *self.stage.stage_dir.glob("train*.log")]
+
     def complete(self, ctx: RunContext) -> bool:
         return has_weights(self.stage.output_dir)
 
@@ -144,8 +148,11 @@ class TrainStep(Step):
             f"Resolved by `coretech run {ctx.loaded.path}` for stage {self.name!r}.\n"
             f"Recipe: {self.stage.spec.recipe}; chaining, run folder and overrides applied. Fingerprint {fp}."
         )
+        target = self.config_path
+        if ctx.dry_run and target.exists():  # the finished stage's record stays; the plan goes beside it
+            target = self.stage.stage_dir / "config.planned.yaml"
         if ctx.is_main_node:
-            write_text_atomic(self.config_path, dump_config(self.stage.config, header))
+            write_text_atomic(target, dump_config(self.stage.config, header))
         check_launch_path(self.config_path, "stage config")
 
     def describe(self, ctx: RunContext) -> None:
@@ -226,18 +233,28 @@ class MergeStep(Step):
     def complete(self, ctx: RunContext) -> bool:
         return self.stage.merged_dir is not None and has_weights(self.stage.merged_dir)
 
-    def _argv(self) -> list[str]:
+    def records(self) -> list[Path]:
+        return [
+            self.export_path,
+            *self.stage.stage_dir.glob("export_command*.txt"),
+            *self.stage.stage_dir.glob("export*.log"),
+        ]
+
+    def _argv(self, ctx: RunContext) -> list[str]:
         header = f"Merge of stage {self.stage.name!r}; from {self.stage.spec.merge}."
-        write_text_atomic(self.export_path, dump_config(self.stage.export_config or {}, header))
+        target = self.export_path
+        if ctx.dry_run and target.exists():  # the finished merge's record stays; the plan goes beside it
+            target = self.stage.stage_dir / "export.planned.yaml"
+        write_text_atomic(target, dump_config(self.stage.export_config or {}, header))
         return [llamafactory_cli(), "export", str(self.export_path)]
 
     def describe(self, ctx: RunContext) -> None:
-        launch(ctx, self.stage.name, self._argv(), {}, self.stage.stage_dir, "export")
+        launch(ctx, self.stage.name, self._argv(ctx), {}, self.stage.stage_dir, "export")
 
     def run(self, ctx: RunContext, fp: str) -> dict[str, Any]:
         log.info("%s: merging the adapter into a full model → %s", self.stage.name, self.stage.merged_dir)
         started = time.monotonic()
-        launch(ctx, self.stage.name, self._argv(), {}, self.stage.stage_dir, "export")
+        launch(ctx, self.stage.name, self._argv(ctx), {}, self.stage.stage_dir, "export")
         ctx.timings[f"{self.stage.name}.export"] = time.monotonic() - started
         if not self.complete(ctx):
             raise StageFailed(
