@@ -532,3 +532,17 @@ def test_a_predict_model_row_with_an_unknown_key_names_it(tmp_path):
     data["predict"]["models"] = [{"name": "x", "model": "cpt", "backnd": "hf"}]
     with pytest.raises(ConfigError, match=r"predict\.models\[0\]: unknown key 'backnd'"):
         load_pipeline(write_yaml(tmp_path / "p.yaml", data))
+
+
+def test_prediction_options_must_be_arguments_of_run_prediction(tmp_path):
+    data = demo_data()
+    data["predict"]["models"] = [
+        {"name": "a", "model": "cpt", "options": {"max_new_tokenz": 3}},
+        {"name": "b", "model": "cpt", "options": {"out_file": "x"}},
+    ]
+    loaded = load_pipeline(write_yaml(tmp_path / "p.yaml", data))
+    with pytest.raises(PreflightFailed) as caught:
+        preflight(loaded, resolve_stages(loaded, tmp_path / "run"), tmp_path / "run", after_prepare=False)
+    text = str(caught.value)
+    assert "predict.models[0].options.max_new_tokenz: is not an argument of run_prediction" in text
+    assert "predict.models[1].options.out_file: is set by the runner" in text

@@ -191,12 +191,29 @@ def preflight(loaded: LoadedPipeline, stages: list[ResolvedStage], run_dir: Path
         problems += check_datasets(
             spec.predict.datasets, (run_dir / "data").resolve(), f"{spec.predict.recipe} (dataset)", planned
         )
+        problems += _prediction_option_problems(spec)
     if spec.evaluate:
         for scheme in spec.evaluate.scheme:
             if not Path(scheme).is_file():
                 problems.append(Problem("evaluate.scheme", f"IPC scheme file {scheme} not found"))
     if problems:
         raise PreflightFailed(problems)
+
+
+def _prediction_option_problems(spec: PipelineSpec) -> list[Problem]:
+    """``predict.models[].options`` are keyword arguments of ``run_prediction``: unknown ones fail here."""
+    import inspect
+
+    from coretech.infer.predict import run_prediction
+
+    accepted = set(inspect.signature(run_prediction).parameters)
+    runner_set = {"model", "adapter", "dataset_dir", "dataset", "out_file", "recipe", "backend"}
+    problems = []
+    for index, row in enumerate(spec.predict.entries if spec.predict else []):
+        for key in sorted(set(row.options) - (accepted - runner_set)):
+            reason = "is set by the runner" if key in runner_set else "is not an argument of run_prediction"
+            problems.append(Problem(f"predict.models[{index}].options.{key}", reason))
+    return problems
 
 
 def _only(spec: PipelineSpec, key: str) -> PipelineSpec:
