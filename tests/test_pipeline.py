@@ -546,3 +546,23 @@ def test_prediction_options_must_be_arguments_of_run_prediction(tmp_path):
     text = str(caught.value)
     assert "predict.models[0].options.max_new_tokenz: is not an argument of run_prediction" in text
     assert "predict.models[1].options.out_file: is set by the runner" in text
+
+
+def test_commands_with_run_say_which_model_they_serve(tmp_path, capsys):
+    from coretech.infer.recipe import resolve_model
+
+    (tmp_path / "manifest.json").write_text(
+        json.dumps(
+            {
+                "stages": {
+                    "sft_stage3": {"status": "done", "model": "cpt/merged", "adapter": "sft_stage3/output"},
+                    "sft_shuffled": {"status": "done", "model": "cpt/merged", "adapter": "sft_shuffled/output"},
+                },
+                "final_stage": "sft_stage3",
+            }
+        )
+    )
+    model, adapter, _ = resolve_model(tmp_path, None, None, None)
+    assert adapter == str(tmp_path.resolve() / "sft_stage3" / "output")
+    err = capsys.readouterr().err
+    assert f"model: stage sft_stage3 of run {tmp_path} ({model} with adapter {adapter})" in err
