@@ -71,9 +71,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
 class Manifest:
     """``manifest.json``: every step's fingerprint and status; rewritten atomically after each change."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read: bool = True) -> None:
         self.path = path
-        if path.exists() or path.is_symlink():
+        if read and (path.exists() or path.is_symlink()):
             self.data = read_manifest(path)
         else:
             self.data = {"stages": {}, "steps": {}, "order": []}

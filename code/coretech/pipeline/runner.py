@@ -175,16 +175,16 @@ def _run(
 ) -> int:
     spec = loaded.spec
     run_dir.mkdir(parents=True, exist_ok=True)
-    if fresh and not dry_run and launch.node_rank == 0:
-        fresh_start(run_dir)
-    elif fresh and dry_run:
-        print("plan: --fresh: deletes the manifest, data/, predict/, eval/ and every stage folder first", flush=True)
-    manifest = Manifest(run_dir / MANIFEST) if not (fresh and dry_run) else Manifest(run_dir / ".none")
+    manifest = Manifest(run_dir / MANIFEST, read=not fresh)  # --fresh plans from nothing
     ctx = RunContext(loaded, run_dir, manifest, launch, dry_run=dry_run, fresh=fresh)
     step_counts = {n: e.get("global_step") for n, e in manifest.data["stages"].items() if e.get("global_step")}
     stages = resolve_stages(loaded, run_dir, step_counts)
     log.info("pipeline %s: %d stage(s), run folder %s", spec.name, len(stages), run_dir)
     preflight(loaded, stages, run_dir, after_prepare=False)
+    if fresh and dry_run:
+        print("plan: --fresh: deletes the manifest, data/, predict/, eval/ and every stage folder first", flush=True)
+    elif fresh and launch.node_rank == 0:  # only after the pre-flight passed: a typo never costs a run
+        fresh_start(run_dir)
     if ctx.is_main_node and not dry_run:
         manifest.data["base"] = {
             "model": spec.base_model,
