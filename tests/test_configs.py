@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coretech.pipeline import load_pipeline, planned_datasets
+from coretech.pipeline import load_pipeline
+from coretech.pipeline.stages import load_prepare_settings, planned_datasets
 from coretech.preflight import check_deepspeed_config, check_llamafactory_config, check_model_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +55,7 @@ def test_there_are_configs_of_every_kind():
 def test_config_is_valid(path: Path):
     kind = kind_of(path)
     if kind == "pipeline":
-        spec, _ = load_pipeline(path)
+        spec = load_pipeline(path).spec
         for stage in spec.stages:
             assert stage.recipe.is_file(), f"{path}: stage {stage.name} recipe {stage.recipe} missing"
             if stage.merge:
@@ -148,22 +149,22 @@ def test_stage_k_plus_1_starts_from_stage_k(model_dir: str):
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.parts[1] == "pipelines"], ids=str)
 def test_every_dataset_a_recipe_names_is_produced_by_the_prepare_step(path: Path):
-    spec, _ = load_pipeline(path)
-    produced = planned_datasets(spec)
+    spec = load_pipeline(path).spec
+    produced = planned_datasets(spec, load_prepare_settings(spec))
     for stage in spec.stages:
         recipe = yaml.safe_load(stage.recipe.read_text(encoding="utf-8"))
         for name in str(recipe["dataset"]).split(","):
             assert name.strip() in produced, f"{stage.recipe}: dataset {name} is not produced by {path}"
     if spec.predict:
-        assert spec.predict.dataset in produced
+        assert set(spec.predict.datasets) <= produced
 
 
 def test_demo_datasets_exist_in_the_dataset_info_the_prepare_step_writes(prepared_demo_data: Path):
     import json
 
     info = json.loads((prepared_demo_data / "dataset_info.json").read_text(encoding="utf-8"))
-    spec, _ = load_pipeline("configs/pipelines/demo.yaml")
-    assert planned_datasets(spec) <= set(info)
+    spec = load_pipeline("configs/pipelines/demo.yaml").spec
+    assert planned_datasets(spec, load_prepare_settings(spec)) <= set(info)
     for name, entry in info.items():
         assert (prepared_demo_data / entry["file_name"]).exists(), f"{name}: {entry['file_name']} missing"
 

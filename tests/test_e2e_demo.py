@@ -8,6 +8,7 @@ this module share one run folder and run in order: the later ones check what a r
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,14 +90,55 @@ def test_metrics_table_has_a_row_per_model_with_the_contract_keys(demo_run):
         assert name in result.stdout  # the table is printed in the terminal
 
 
-def test_rerun_skips_every_finished_stage(demo_run):
+def weight_stamps(run_dir: Path) -> dict[str, int]:
+    files = {s: run_dir / s / "output" / "adapter_model.safetensors" for s in STAGES}
+    files["cpt.merged"] = run_dir / "cpt" / "merged" / "model.safetensors"
+    return {name: path.stat().st_mtime_ns for name, path in files.items()}
+
+
+def planned(run_dir: Path) -> dict[str, str]:
+    """The dry-run's plan for this run folder: step → what a real run would do, and why."""
+    result = coretech("run", "configs/pipelines/demo.yaml", "--run-dir", str(run_dir), *BUDGET, "--dry-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line.removeprefix("plan: ") for line in result.stdout.splitlines() if line.startswith("plan: ")]
+    return dict(line.split(": ", 1) for line in lines)
+
+
+def test_after_the_run_a_dry_run_plans_no_work(demo_run):
     run_dir, _ = demo_run
-    before = {s: (run_dir / s / "output" / "adapter_model.safetensors").stat().st_mtime_ns for s in STAGES}
+    plan = planned(run_dir)
+    assert len(plan) == 1 + 5 + 1 + 6 + 1  # prepare, five stages, the merge, six predictions, evaluate
+    assert all(action.startswith("skip") for action in plan.values()), plan
+
+
+def test_rerun_skips_every_finished_stage(demo_run):
+    run_dir, first = demo_run
+    before = weight_stamps(run_dir)
     result = coretech("run", "configs/pipelines/demo.yaml", "--run-dir", str(run_dir), *BUDGET, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for stage in STAGES:
-        assert f"{stage}: unchanged since the last run, skipping" in result.stdout
-        assert (run_dir / stage / "output" / "adapter_model.safetensors").stat().st_mtime_ns == before[stage]
+        assert f"{stage} (train): unchanged since the last run, skipping" in result.stderr
+    assert weight_stamps(run_dir) == before
+    assert table_rows(result.stdout) == table_rows(first.stdout)  # the same metrics table, from the same answers
+
+
+def table_rows(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if any(name in line for name in MODELS)]
+
+
+def test_a_copied_run_folder_reuses_every_finished_step(demo_run):
+    run_dir, first = demo_run
+    copy = run_dir.parent / "copied" / "demo"
+    shutil.copytree(run_dir, copy)  # new mtimes, a new location: only content is the same
+    before = weight_stamps(copy)
+    plan = planned(copy)
+    assert all(action.startswith("skip") for action in plan.values()), plan
+    result = coretech("run", "configs/pipelines/demo.yaml", "--run-dir", str(copy), *BUDGET, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ": running" not in result.stderr and "[coretech] moved" not in result.stderr  # no step ran, none moved
+    assert weight_stamps(copy) == before
+    assert not list(copy.glob("*/previous-*"))
+    assert table_rows(result.stdout) == table_rows(first.stdout)
 
 
 def test_failing_stage_stops_the_run_with_one_line_and_keeps_earlier_outputs(demo_run):
@@ -119,9 +161,13 @@ def test_failing_stage_stops_the_run_with_one_line_and_keeps_earlier_outputs(dem
     assert len(error_lines) == 1
     assert "stage sft_stage1 (train) failed with exit status" in error_lines[0]
     assert f"log: {run_dir / 'sft_stage1' / 'train.log'}" in error_lines[0]
-    assert "sft_stage2: training" not in result.stdout  # no later stage ran
+    assert "sft_stage2 (train): running" not in result.stderr  # no later stage ran
     assert cpt_weights.stat().st_mtime_ns == cpt_mtime
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["stages"]["cpt"]["status"] == "done"
     assert manifest["stages"]["sft_stage1"]["status"] == "failed"
     assert manifest["stages"]["sft_stage2"]["status"] == "done"  # from the earlier run, untouched
+    # The changed stage's finished output was moved aside, not deleted, and the log says so.
+    (previous,) = (run_dir / "sft_stage1").glob("previous-*")
+    assert (previous / "output" / "adapter_model.safetensors").is_file()
+    assert f"moved {run_dir / 'sft_stage1' / 'output'} to {previous / 'output'}" in result.stderr

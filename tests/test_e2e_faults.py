@@ -86,7 +86,7 @@ def test_sigkill_mid_stage_then_rerun_resumes_from_the_checkpoint(tmp_path, embe
     rerun = subprocess.run([*argv, *budget], cwd=REPO, capture_output=True, text=True, timeout=1800, check=False)
 
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "cpt: training (resuming from checkpoint)" in rerun.stdout
+    assert "cpt (train): resuming (same inputs, running earlier" in rerun.stderr
     log = (run_dir / "cpt" / "train.log").read_text(errors="replace")
     assert f"Resuming training from {checkpoint}" in log
     state = json.loads((run_dir / "cpt" / "output" / "trainer_state.json").read_text())

@@ -1,33 +1,28 @@
-"""The runner without training: pipeline files, overrides, chaining, fingerprints, pre-flight, dry-run."""
+"""The runner without training: pipeline files, overrides, chaining, fingerprints, plans, pre-flight, dry-run."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
 from coretech.cli import main
-from coretech.config import ConfigError
+from coretech.config import ConfigError, parse_overrides
 from coretech.errors import CoreTechError
-from coretech.pipeline import (
-    Manifest,
-    fingerprint,
-    load_pipeline,
-    parse_overrides,
-    preflight,
-    resolve_run_model,
-    resolve_stages,
-)
+from coretech.pipeline import load_pipeline, preflight, resolve_recipe, resolve_stages
+from coretech.pipeline.context import RunContext
+from coretech.pipeline.runner import move_aside
+from coretech.pipeline.steps import EvaluateStep, PredictStep, build_steps
+from coretech.pipeline.training import MergeStep, TrainStep
 from coretech.preflight import PreflightFailed
+from coretech.runs import Manifest, fingerprint_parts, relative_paths, resolve_run_model
 
-DEMO = Path("configs/pipelines/demo.yaml")
-
-
-@pytest.fixture(autouse=True)
-def _in_repo(repo_root, monkeypatch):
-    monkeypatch.chdir(repo_root)
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "configs" / "pipelines" / "demo.yaml"
+STAGES = ["cpt", "sft_stage1", "sft_stage2", "sft_stage3", "sft_shuffled"]
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -36,16 +31,41 @@ def write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
-def test_overrides_are_typed_like_yaml():
+def demo_data() -> dict:
+    """The demo pipeline with its repository paths made absolute, to be written anywhere."""
+    data = yaml.safe_load(DEMO.read_text())
+    for stage in data["stages"]:
+        stage["recipe"] = str(REPO / stage["recipe"])
+        if stage.get("merge"):
+            stage["merge"] = str(REPO / stage["merge"])
+    data["data"] = {k: str(REPO / v) for k, v in data["data"].items()}
+    data["predict"]["recipe"] = str(REPO / data["predict"]["recipe"])
+    data["evaluate"]["scheme"] = [str(REPO / p) for p in data["evaluate"]["scheme"]]
+    data["base_model"] = str(REPO / data["base_model"])
+    return data
+
+
+# --- overrides and the pipeline file ---------------------------------------------------------
+
+
+def test_overrides_are_one_omegaconf_dotlist_typed_like_yaml():
     parsed = parse_overrides(["train.max_steps=2", "sft_stage1.learning_rate=1e-4", "predict.backend=hf"])
     assert parsed == {"train": {"max_steps": 2}, "sft_stage1": {"learning_rate": 1e-4}, "predict": {"backend": "hf"}}
     assert isinstance(parsed["sft_stage1"]["learning_rate"], float)
 
 
-@pytest.mark.parametrize("bad", ["max_steps=2", "train.max_steps", "=3"])
+def test_train_override_learning_rate_is_a_float(tmp_path):
+    config = resolve_recipe(REPO / "configs" / "smollm2-135m" / "cpt.yaml", ["learning_rate=1e-4", "max_steps=3"])
+    assert config["learning_rate"] == 1e-4 and isinstance(config["learning_rate"], float)
+    assert config["max_steps"] == 3
+    # The recipe's DeepSpeed path names a file of the recipe's repository, wherever we run from.
+    assert config["deepspeed"] == str(REPO / "configs" / "deepspeed" / "ds_z3_small_config.json")
+
+
+@pytest.mark.parametrize("bad", ["max_steps=2", "train.max_steps", "=3", "train..x=1"])
 def test_malformed_override_is_one_clear_error(bad):
-    with pytest.raises(ConfigError, match=r"expected scope\.key=value"):
-        parse_overrides([bad])
+    with pytest.raises(ConfigError, match=r"key=value"):
+        load_pipeline(DEMO, [bad])
 
 
 def test_override_of_unknown_stage_is_rejected():
@@ -73,11 +93,69 @@ def test_start_from_must_name_an_earlier_stage(tmp_path):
         load_pipeline(write_yaml(tmp_path / "order.yaml", data))
 
 
+def test_paths_resolve_against_the_repository_of_the_pipeline_not_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = load_pipeline(DEMO).spec
+    assert spec.stages[0].recipe == REPO / "configs" / "smollm2-135m" / "cpt.yaml"
+    assert spec.data.cpt == REPO / "configs" / "smollm2-135m" / "prepare_cpt.yaml"
+    assert spec.base_model == str(REPO / "models" / "smollm2-135m-instruct")
+    assert spec.evaluate is not None and spec.evaluate.scheme[0] == REPO / "data" / "samples" / "ipc_scheme_en.xml"
+
+
+def test_the_run_model_is_the_end_of_the_main_chain_never_the_ablation():
+    spec = load_pipeline(DEMO).spec
+    assert spec.stages[-1].name == "sft_shuffled"
+    assert spec.final_stage == "sft_stage3"
+
+
+def test_predict_takes_several_test_sets_and_model_rows_with_backend_and_options(tmp_path):
+    data = demo_data()
+    data["predict"].pop("dataset")
+    data["predict"]["datasets"] = ["coretech_sft_test", "coretech_sft_stage1"]
+    data["predict"]["models"] = [
+        "base",
+        {"name": "sft_constrained", "model": "sft_stage3", "backend": "hf", "options": {"constrain_codes": True}},
+    ]
+    loaded = load_pipeline(write_yaml(tmp_path / "configs" / "p.yaml", data))
+    run_dir = (tmp_path / "run").resolve()
+    ctx = RunContext(loaded, run_dir, Manifest(run_dir / "manifest.json"), loaded.spec.launch, dry_run=True)
+    steps = build_steps(ctx, resolve_stages(loaded, run_dir))
+    predicts = [s for s in steps if isinstance(s, PredictStep)]
+    assert [s.name for s in predicts] == [
+        "predict.coretech_sft_test.base",
+        "predict.coretech_sft_test.sft_constrained",
+        "predict.coretech_sft_stage1.base",
+        "predict.coretech_sft_stage1.sft_constrained",
+    ]
+    constrained = predicts[1]
+    assert constrained.row.options == {"constrain_codes": True} and constrained.row.backend == "hf"
+    assert constrained.adapter == str(run_dir / "sft_stage3" / "output")
+    assert constrained.out_file == run_dir / "predict" / "coretech_sft_test" / "sft_constrained" / (
+        "generated_predictions.jsonl"
+    )
+    evaluates = [s for s in steps if isinstance(s, EvaluateStep)]
+    assert [e.out_dir for e in evaluates] == [
+        run_dir / "eval" / "coretech_sft_test",
+        run_dir / "eval" / "coretech_sft_stage1",
+    ]
+
+
+def test_demo_keeps_one_test_set_and_flat_predict_folders(tmp_path):
+    loaded = load_pipeline(DEMO)
+    assert loaded.spec.predict is not None and loaded.spec.predict.datasets == ["coretech_sft_test"]
+    run_dir = (tmp_path / "run").resolve()
+    ctx = RunContext(loaded, run_dir, Manifest(run_dir / "manifest.json"), loaded.spec.launch, dry_run=True)
+    steps = build_steps(ctx, resolve_stages(loaded, run_dir))
+    assert [s.name for s in steps if isinstance(s, PredictStep)] == [f"predict.{m}" for m in ["base", *STAGES]]
+    assert steps[0].name == "prepare" and steps[-1].name == "evaluate"
+    assert [type(s) for s in steps[1:3]] == [TrainStep, MergeStep]
+
+
 def test_stages_chain_each_from_the_previous_result(tmp_path):
-    spec, overrides = load_pipeline(DEMO, ["train.max_steps=2"])
-    stages = {s.spec.name: s for s in resolve_stages(spec, overrides, tmp_path / "run", {})}
+    loaded = load_pipeline(DEMO, ["train.max_steps=2"])
+    stages = {s.spec.name: s for s in resolve_stages(loaded, tmp_path / "run")}
     cpt, s1, s2, s3 = (stages[n] for n in ("cpt", "sft_stage1", "sft_stage2", "sft_stage3"))
-    assert cpt.config["model_name_or_path"] == str(Path("models/smollm2-135m-instruct").resolve())
+    assert cpt.config["model_name_or_path"] == str(REPO / "models" / "smollm2-135m-instruct")
     assert cpt.result_model == str(cpt.merged_dir) and cpt.result_adapter is None
     assert s1.config["model_name_or_path"] == str(cpt.merged_dir)
     assert "adapter_name_or_path" not in s1.config
@@ -89,14 +167,16 @@ def test_stages_chain_each_from_the_previous_result(tmp_path):
     assert stages["sft_shuffled"].config["max_steps"] == 6
 
 
-def test_fingerprint_changes_with_config_and_input_content(tmp_path):
-    data = tmp_path / "d.json"
-    data.write_text("[1]")
-    first = fingerprint({"lr": 1e-4}, paths=[data])
-    assert fingerprint({"lr": 1e-4}, paths=[data]) == first
-    assert fingerprint({"lr": 2e-4}, paths=[data]) != first
-    data.write_text("[2]")
-    assert fingerprint({"lr": 1e-4}, paths=[data]) != first
+# --- the run folder --------------------------------------------------------------------------
+
+
+def test_fingerprints_see_content_and_not_location(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    config = {"output_dir": str(a / "cpt" / "output"), "lr": 1e-4}
+    moved = {"output_dir": str(b / "cpt" / "output"), "lr": 1e-4}
+    assert fingerprint_parts(relative_paths(config, {"run": a})) == fingerprint_parts(relative_paths(moved, {"run": b}))
+    assert relative_paths(config, {"run": a})["output_dir"] == "<run>/cpt/output"
+    assert fingerprint_parts({"lr": 1e-4}) != fingerprint_parts({"lr": 2e-4})
 
 
 def test_manifest_only_counts_finished_entries_with_the_same_fingerprint(tmp_path):
@@ -108,29 +188,163 @@ def test_manifest_only_counts_finished_entries_with_the_same_fingerprint(tmp_pat
     assert Manifest(tmp_path / "manifest.json").done("stages", "cpt", "b") is None
 
 
-def test_resolve_run_model_reads_the_manifest(tmp_path):
+def test_resolve_run_model_reads_paths_relative_to_the_run_folder(tmp_path):
     (tmp_path / "manifest.json").write_text(
         json.dumps(
             {
-                "stages": {"sft_stage1": {"status": "done", "model": "/m", "adapter": "/a", "template": "smollm2"}},
-                "order": ["sft_stage1"],
-                "final_stage": "sft_stage1",
+                "stages": {"sft_stage3": {"status": "done", "model": "cpt/merged", "adapter": "sft_stage3/output"}},
+                "final_stage": "sft_stage3",
             }
         )
     )
     model = resolve_run_model(tmp_path)
-    assert (model.model, model.adapter, model.template, model.stage) == ("/m", "/a", "smollm2", "sft_stage1")
+    assert (model.model, model.adapter, model.stage) == (
+        str(tmp_path.resolve() / "cpt" / "merged"),
+        str(tmp_path.resolve() / "sft_stage3" / "output"),
+        "sft_stage3",
+    )
     with pytest.raises(CoreTechError, match="stage 'cpt' not found"):
         resolve_run_model(tmp_path, "cpt")
     with pytest.raises(CoreTechError, match=r"no manifest\.json"):
         resolve_run_model(tmp_path / "nothing")
 
 
+MALFORMED = {
+    "non-UTF-8": b'{"stages": {"\xff": 1}}',
+    "a list": b"[]",
+    "null": b"null",
+    "stages as a list": b'{"stages": []}',
+    "a stage that is a string": b'{"stages": {"cpt": "done"}}',
+    "truncated": b'{"stages": {"cpt": {"status": "do',
+}
+
+
+@pytest.mark.parametrize("case", [*MALFORMED, "a directory"])
+def test_malformed_manifest_is_one_line_naming_the_file_in_run_and_predict(case, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    manifest = run_dir / "manifest.json"
+    if case == "a directory":
+        manifest.mkdir()
+    else:
+        manifest.write_bytes(MALFORMED[case])
+    commands = [
+        ["run", str(DEMO), "--run-dir", str(run_dir), "--dry-run"],
+        ["predict", "--run", str(run_dir), "--dataset", "x", "--out", str(tmp_path / "p.jsonl")],
+    ]
+    for argv in commands:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and str(manifest) in errors[0], err
+        assert "Traceback" not in err
+    assert manifest.exists()  # nothing was deleted or replaced
+
+
+def test_move_aside_keeps_finished_work_under_previous(tmp_path):
+    output = tmp_path / "cpt" / "output"
+    output.mkdir(parents=True)
+    (output / "adapter_model.safetensors").write_bytes(b"weights")
+    move_aside([output], "config changed")
+    (previous,) = (tmp_path / "cpt").glob("previous-*")
+    assert (previous / "output" / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert not output.exists()
+
+
+# --- plans: skip, resume, rerun, move aside --------------------------------------------------
+
+
+def finish_without_training(pipeline: Path, run_dir: Path, overrides: list[str]) -> None:
+    """Record every step of a pipeline as finished, with stand-in outputs, by the runner's own fingerprints.
+
+    What the plan of a later run says is then a question of fingerprints and files alone."""
+    loaded = load_pipeline(pipeline, overrides)
+    run_dir = run_dir.resolve()
+    (run_dir / "data").mkdir(parents=True, exist_ok=True)
+    (run_dir / "data" / "dataset_info.json").write_text("{}")
+    ctx = RunContext(loaded, run_dir, Manifest(run_dir / "manifest.json"), loaded.spec.launch, dry_run=True)
+    for step in build_steps(ctx, resolve_stages(loaded, run_dir)):
+        parts = step.fingerprint_parts(ctx)
+        ctx.fingerprints[step.key] = fp = fingerprint_parts(parts)
+        for output in step.outputs():
+            if isinstance(step, PredictStep):
+                output.parent.mkdir(parents=True, exist_ok=True)
+                output.write_text('{"predict": "A01B", "label": "A01B"}\n')
+            else:
+                output.mkdir(parents=True, exist_ok=True)
+                (output / ("model.safetensors" if isinstance(step, MergeStep) else "adapter_model.safetensors")).touch()
+        if isinstance(step, EvaluateStep):
+            step.out_dir.mkdir(parents=True, exist_ok=True)
+            step.metrics_file.write_text("{}")
+        ctx.manifest.record(step.section, step.name, {"status": "done", "fingerprint": fp, "parts": parts})
+
+
+def plan_lines(out: str) -> dict[str, str]:
+    return dict(line.removeprefix("plan: ").split(": ", 1) for line in out.splitlines() if line.startswith("plan: "))
+
+
+def test_a_copied_run_folder_plans_no_training(tmp_path, capsys):
+    overrides = ["train.max_steps=2", "predict.max_samples=6"]
+    finish_without_training(DEMO, tmp_path / "runs" / "demo", overrides)
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(tmp_path / "runs" / "demo", copy)
+    assert main(["run", str(DEMO), "--run-dir", str(copy), "--dry-run", *overrides]) == 0
+    plans = plan_lines(capsys.readouterr().out)
+    assert len(plans) == 1 + 5 + 1 + 6 + 1  # prepare, five stages, one merge, six predictions, evaluate
+    assert all(plan.startswith("skip") for plan in plans.values()), plans
+
+
+def test_a_changed_override_reruns_that_stage_and_every_later_one_and_says_what_moves(tmp_path, capsys):
+    overrides = ["train.max_steps=2"]
+    run_dir = tmp_path / "run"
+    finish_without_training(DEMO, run_dir, overrides)
+    (run_dir / "sft_stage2" / "config.yaml").write_text("# what was trained\n")
+    assert main(["run", str(DEMO), "--run-dir", str(run_dir), "--dry-run", *overrides, "sft_stage2.lora_rank=8"]) == 0
+    plans = plan_lines(capsys.readouterr().out)
+    for name in ("prepare", "cpt (train)", "cpt (merge)", "sft_stage1 (train)", "sft_shuffled (train)"):
+        assert plans[name].startswith("skip"), plans
+    assert (
+        plans["sft_stage2 (train)"] == "rerun (changed: config); moves sft_stage2/output to previous-<UTC time>/ first"
+    )
+    assert plans["sft_stage3 (train)"].startswith("rerun (changed: starts from)")
+    assert plans["predict.sft_stage2"].startswith("rerun (changed: model)")
+    assert plans["predict.cpt"].startswith("skip")
+    assert (run_dir / "sft_stage2" / "output" / "adapter_model.safetensors").exists()  # a plan moves nothing
+    assert (run_dir / "sft_stage2" / "config.yaml").read_text() == "# what was trained\n"  # nor overwrites
+    assert "lora_rank: 8" in (run_dir / "sft_stage2" / "config.planned.yaml").read_text()
+
+
+def test_replacing_a_raw_file_a_glob_matches_reruns_prepare(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("patents_google.jsonl", "patents_flat.jsonl"):
+        shutil.copy(REPO / "data" / "samples" / name, raw / name)
+    settings = yaml.safe_load((REPO / "configs" / "smollm2-135m" / "prepare_cpt.yaml").read_text())
+    settings["patents"]["files"] = [str(raw / "*.jsonl")]
+    settings["tokenizer"] = str(REPO / settings["tokenizer"])
+    settings["ipc_scheme"] = [str(REPO / p) for p in settings["ipc_scheme"]]
+    settings["general"]["files"] = [str(REPO / p) for p in settings["general"]["files"]]
+    data = demo_data()
+    data["data"]["cpt"] = str(write_yaml(tmp_path / "prepare_cpt.yaml", settings))
+    pipeline = write_yaml(tmp_path / "p.yaml", data)
+    run_dir = tmp_path / "run"
+    finish_without_training(pipeline, run_dir, [])
+    assert main(["run", str(pipeline), "--run-dir", str(run_dir), "--dry-run"]) == 0
+    assert plan_lines(capsys.readouterr().out)["prepare"].startswith("skip")
+    lines = (raw / "patents_flat.jsonl").read_text().splitlines()
+    (raw / "patents_flat.jsonl").write_text("\n".join(reversed(lines)) + "\n")  # a new export of the same shape
+    assert main(["run", str(pipeline), "--run-dir", str(run_dir), "--dry-run"]) == 0
+    assert plan_lines(capsys.readouterr().out)["prepare"] == "run (changed: cpt inputs)"
+
+
+# --- pre-flight ------------------------------------------------------------------------------
+
+
 def test_preflight_reports_every_problem_together_before_any_launch(tmp_path):
-    recipe = yaml.safe_load(Path("configs/smollm2-135m/cpt.yaml").read_text())
+    recipe = yaml.safe_load((REPO / "configs/smollm2-135m/cpt.yaml").read_text())
     recipe["lora_rnak"] = 8  # typo
     recipe["dataset"] = "coretech_missing"
-    ds = json.loads(Path("configs/deepspeed/ds_z3_config.json").read_text())
+    ds = json.loads((REPO / "configs/deepspeed/ds_z3_config.json").read_text())
     ds["zero_optimization"]["stage"] = 5
     ds_path = tmp_path / "ds_bad.json"
     ds_path.write_text(json.dumps(ds))
@@ -140,16 +354,16 @@ def test_preflight_reports_every_problem_together_before_any_launch(tmp_path):
         tmp_path / "p.yaml",
         {
             "name": "bad",
-            "base_model": "models/smollm2-135m-instruct",
+            "base_model": str(REPO / "models/smollm2-135m-instruct"),
             "embedded_model": True,
             "stages": [{"name": "cpt", "recipe": str(bad_recipe)}],
         },
     )
-    spec, overrides = load_pipeline(pipeline)
+    loaded = load_pipeline(pipeline)
     run_dir = tmp_path / "run dir with spaces"
-    stages = resolve_stages(spec, overrides, run_dir, {})
+    stages = resolve_stages(loaded, run_dir)
     with pytest.raises(PreflightFailed) as caught:
-        preflight(spec, stages, run_dir, after_prepare=True)
+        preflight(loaded, stages, run_dir, after_prepare=True)
     text = str(caught.value)
     assert "nothing was launched" in text
     assert f"{bad_recipe}:" in text and "(lora_rnak): unknown key" in text
@@ -161,28 +375,63 @@ def test_preflight_reports_every_problem_together_before_any_launch(tmp_path):
 
 
 def test_preflight_catches_a_mistyped_value_llamafactory_would_accept(tmp_path):
-    recipe = yaml.safe_load(Path("configs/smollm2-135m/sft_stage1.yaml").read_text())
+    recipe = yaml.safe_load((REPO / "configs/smollm2-135m/sft_stage1.yaml").read_text())
     recipe["lora_rank"] = "sixteen"
     bad = write_yaml(tmp_path / "sft_bad.yaml", recipe)
     from coretech.preflight import check_llamafactory_config
 
     problems = check_llamafactory_config(recipe, bad)
-    assert [p.where for p in problems] == [f"{bad}:{_line_of(bad, 'lora_rank')} (lora_rank)"]
-    assert "integer" in problems[0].message
+    line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if text.startswith("lora_rank:"))
+    assert [p.where for p in problems] == [f"{bad}:{line} (lora_rank)"]
+    assert "expected int" in problems[0].message and "'sixteen'" in problems[0].message
 
 
-def _line_of(path: Path, key: str) -> int:
-    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if line.startswith(f"{key}:"))
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda text: text.replace("dedup:\n", "shard_recrods: 4\ndedup:\n", 1), "unknown key 'shard_recrods'"),
+        (lambda text: text + "\nexploit: !!python/object/apply:os.system ['true']\n", "invalid YAML"),
+    ],
+    ids=["unknown key", "python tag"],
+)
+def test_validate_checks_the_prepare_settings_as_prepare_will(tmp_path, capsys, edit, expected):
+    text = (REPO / "configs/smollm2-135m/prepare_cpt.yaml").read_text()
+    prepare = REPO / "configs" / "smollm2-135m" / f"prepare_cpt_{tmp_path.name}.yaml"
+    prepare.write_text(edit(text))  # inside the repository: its relative inputs resolve as the real one's
+    try:
+        data = demo_data()
+        data["data"]["cpt"] = str(prepare)
+        pipeline = write_yaml(tmp_path / "p.yaml", data)
+        assert main(["validate", str(pipeline), "--run-dir", str(tmp_path / "run")]) == 2
+    finally:
+        prepare.unlink()
+    err = capsys.readouterr().err
+    assert "pre-flight found" in err and expected in err and str(prepare) in err
+
+
+def test_a_bad_scheme_file_in_the_evaluate_step_is_one_line(tmp_path):
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text('{"predict": "A01B", "label": "A01B"}\n')
+    scheme = tmp_path / "scheme.xml"
+    scheme.write_text("<not xml")
+    data = demo_data()
+    data["evaluate"]["scheme"] = [str(scheme)]
+    loaded = load_pipeline(write_yaml(tmp_path / "p.yaml", data))
+    ctx = RunContext(loaded, tmp_path / "run", Manifest(tmp_path / "run" / "manifest.json"), loaded.spec.launch)
+    step = EvaluateStep(ctx, "coretech_sft_test", {"base": predictions}, several=False)
+    with pytest.raises(CoreTechError, match=str(scheme)):
+        step.run(ctx, "fp")
 
 
 def test_dry_run_prints_each_stage_environment_and_command_and_launches_nothing(tmp_path, capsys):
     status = main(["run", str(DEMO), "--run-dir", str(tmp_path / "run"), "--dry-run", "train.max_steps=2"])
     out = capsys.readouterr().out
     assert status == 0
-    for stage in ("cpt", "sft_stage1", "sft_stage2", "sft_stage3", "sft_shuffled"):
+    for stage in STAGES:
         assert f"--- {stage} (train)" in out
         assert f"llamafactory-cli train {(tmp_path / 'run' / stage / 'config.yaml').resolve()}" in out
         assert not (tmp_path / "run" / stage / "output").exists()
+        assert plan_lines(out)[f"{stage} (train)"] == "run (not run yet)"
     assert "--- cpt (export)" in out
     assert out.count("export FORCE_TORCHRUN=1") == 5
     assert out.count("export NPROC_PER_NODE=2") == 5
@@ -190,8 +439,130 @@ def test_dry_run_prints_each_stage_environment_and_command_and_launches_nothing(
 
 
 def test_builder_reports_are_nested_under_the_run_report_headings():
-    from coretech.pipeline import demote_headings
+    from coretech.pipeline.report import demote_headings
 
     text = "# SFT data\n\nWritten.\n\n## Split\n| a |"
     assert demote_headings(text, to_level=3) == "### SFT data\n\nWritten.\n\n#### Split\n| a |"
     assert demote_headings("no headings", to_level=3) == "no headings"
+
+
+def test_fresh_deletes_only_when_asked_and_says_what(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    finish_without_training(DEMO, run_dir, [])
+    assert main(["run", str(DEMO), "--run-dir", str(run_dir), "--dry-run", "--fresh"]) == 0
+    captured = capsys.readouterr()
+    plans = plan_lines(captured.out)
+    assert plans["--fresh"].startswith("deletes the manifest, data/, predict/, eval/ and every stage folder")
+    assert plans["cpt (train)"] == "run (not run yet)"
+    assert (run_dir / "cpt" / "output").exists() and (run_dir / "manifest.json").exists()  # a dry-run deletes nothing
+
+    from coretech.pipeline.runner import fresh_start
+
+    (run_dir / "cpt" / "config.yaml").write_text("stage: pt\n")
+    fresh_start(run_dir)
+    err = capsys.readouterr().err
+    assert "--fresh: deleting" in err and str(run_dir / "manifest.json") in err and str(run_dir / "cpt") in err
+    assert not (run_dir / "cpt").exists() and not (run_dir / "manifest.json").exists()
+
+
+def test_a_new_raw_export_under_a_glob_reruns_prepare_and_every_later_stage(tmp_path, embedded_model):
+    """For real: prepare runs twice in-process; training is stood in for, its plan is what is checked."""
+    from coretech.pipeline.runner import plan_step, run_step
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("patents_google.jsonl", "patents_flat.jsonl"):
+        shutil.copy(REPO / "data" / "samples" / name, raw / name)
+    settings = yaml.safe_load((REPO / "configs" / "smollm2-135m" / "prepare_cpt.yaml").read_text())
+    settings["patents"]["files"] = [str(raw / "*.jsonl")]
+    settings["tokenizer"] = str(embedded_model)
+    settings["ipc_scheme"] = [str(REPO / p) for p in settings["ipc_scheme"]]
+    settings["general"]["files"] = [str(REPO / p) for p in settings["general"]["files"]]
+    cpt_recipe = str(REPO / "configs" / "smollm2-135m" / "cpt.yaml")
+    pipeline = write_yaml(
+        tmp_path / "glob.yaml",
+        {
+            "name": "glob",
+            "base_model": str(embedded_model),
+            "embedded_model": True,
+            "data": {"cpt": str(write_yaml(tmp_path / "prepare_cpt.yaml", settings))},
+            "stages": [
+                {"name": "cpt", "recipe": cpt_recipe},
+                {"name": "cpt_more", "recipe": cpt_recipe, "start_from": "cpt"},
+            ],
+        },
+    )
+    loaded = load_pipeline(pipeline)
+    run_dir = (tmp_path / "run").resolve()
+
+    def steps_and_context():
+        ctx = RunContext(loaded, run_dir, Manifest(run_dir / "manifest.json"), loaded.spec.launch)
+        return build_steps(ctx, resolve_stages(loaded, run_dir)), ctx
+
+    steps, ctx = steps_and_context()
+    run_step(ctx, steps[0])  # the real prepare step
+    for step in steps[1:]:  # stand-ins for two finished training stages
+        parts = step.fingerprint_parts(ctx)
+        ctx.fingerprints[step.key] = fp = fingerprint_parts(parts)
+        step.outputs()[0].mkdir(parents=True)
+        (step.outputs()[0] / "adapter_model.safetensors").touch()
+        ctx.manifest.record(step.section, step.name, {"status": "done", "fingerprint": fp, "parts": parts})
+    corpus_before = (run_dir / "data" / "dataset_info.json").read_text()
+
+    lines = (raw / "patents_flat.jsonl").read_text().splitlines()
+    (raw / "patents_flat.jsonl").write_text("\n".join(lines[: len(lines) // 2]) + "\n")  # a new export
+    steps, ctx = steps_and_context()
+    prepare_plan = plan_step(ctx, steps[0], fingerprint_parts(parts := steps[0].fingerprint_parts(ctx)), parts)
+    assert (prepare_plan.action, prepare_plan.reason) == ("run", "changed: cpt inputs")
+    run_step(ctx, steps[0])
+    assert ctx.manifest.entry("steps", "prepare")["status"] == "done"
+    assert (run_dir / "data" / "dataset_info.json").read_text() == corpus_before  # same names, new content
+    plans = {}
+    for step in steps[1:]:
+        parts = step.fingerprint_parts(ctx)
+        ctx.fingerprints[step.key] = fp = fingerprint_parts(parts)
+        plans[step.name] = plan_step(ctx, step, fp, parts)
+    assert plans["cpt"].action == "rerun" and plans["cpt"].reason == "changed: datasets"
+    assert plans["cpt_more"].action == "rerun" and "starts from" in plans["cpt_more"].reason
+    assert plans["cpt"].move_aside == [run_dir / "cpt" / "output"]
+
+
+def test_a_predict_model_row_with_an_unknown_key_names_it(tmp_path):
+    data = demo_data()
+    data["predict"]["models"] = [{"name": "x", "model": "cpt", "backnd": "hf"}]
+    with pytest.raises(ConfigError, match=r"predict\.models\[0\]: unknown key 'backnd'"):
+        load_pipeline(write_yaml(tmp_path / "p.yaml", data))
+
+
+def test_prediction_options_must_be_arguments_of_run_prediction(tmp_path):
+    data = demo_data()
+    data["predict"]["models"] = [
+        {"name": "a", "model": "cpt", "options": {"max_new_tokenz": 3}},
+        {"name": "b", "model": "cpt", "options": {"out_file": "x"}},
+    ]
+    loaded = load_pipeline(write_yaml(tmp_path / "p.yaml", data))
+    with pytest.raises(PreflightFailed) as caught:
+        preflight(loaded, resolve_stages(loaded, tmp_path / "run"), tmp_path / "run", after_prepare=False)
+    text = str(caught.value)
+    assert "predict.models[0].options.max_new_tokenz: is not an argument of run_prediction" in text
+    assert "predict.models[1].options.out_file: is set by the runner" in text
+
+
+def test_commands_with_run_say_which_model_they_serve(tmp_path, capsys):
+    from coretech.infer.recipe import resolve_model
+
+    (tmp_path / "manifest.json").write_text(
+        json.dumps(
+            {
+                "stages": {
+                    "sft_stage3": {"status": "done", "model": "cpt/merged", "adapter": "sft_stage3/output"},
+                    "sft_shuffled": {"status": "done", "model": "cpt/merged", "adapter": "sft_shuffled/output"},
+                },
+                "final_stage": "sft_stage3",
+            }
+        )
+    )
+    model, adapter, _ = resolve_model(tmp_path, None, None, None)
+    assert adapter == str(tmp_path.resolve() / "sft_stage3" / "output")
+    err = capsys.readouterr().err
+    assert f"model: stage sft_stage3 of run {tmp_path} ({model} with adapter {adapter})" in err

@@ -108,13 +108,23 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:
         "pipeline", nargs="?", default=DEFAULT_PIPELINE, help=f"pipeline file (default {DEFAULT_PIPELINE})"
     )
     run.add_argument(
-        "overrides", nargs="*", help="key=value overrides: train.max_steps=2, sft_stage1.learning_rate=1e-4"
+        "overrides",
+        nargs="*",
+        help="OmegaConf dotlist overrides: train.max_steps=2, sft_stage1.learning_rate=1e-4, predict.max_samples=6",
     )
     run.add_argument("--run-dir", type=Path, default=None, help="run folder (default runs/<pipeline name>)")
     run.add_argument(
-        "--dry-run", action="store_true", help="print each stage's environment and command; launch nothing"
+        "--dry-run",
+        action="store_true",
+        help="print what a real run would do per step (skip, run, resume, rerun, and why) and each command; "
+        "launch nothing",
     )
-    run.add_argument("--fresh", action="store_true", help="ignore the manifest and rerun every stage")
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="DELETE the manifest, data/, predict/, eval/ and every stage folder, then rerun everything "
+        "(without it, changed steps move their old output to previous-<time>/)",
+    )
     run.set_defaults(handler=_run)
 
     validate = sub.add_parser("validate", help="pre-flight check of a pipeline without launching anything")

@@ -3,11 +3,17 @@
 LLaMA-Factory recipes are validated by LLaMA-Factory's own parser (see ``preflight``); this module
 is for CoreTech's settings: pipelines, corpus mixtures, SFT/curriculum and scoring options. A typo
 in a key must fail loudly with the file and the key, never fall back to a default silently.
+
+It also owns the two rules every command shares: ``key=value`` overrides are an OmegaConf dotlist
+(as LLaMA-Factory's ``read_args`` and torchtune's ``_merge_yaml_and_cli_args`` read them: ``1e-4`` is a
+float whichever subcommand received it), and a relative path in a config names a file of the
+repository that holds the config, whatever the current directory is.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from pathlib import Path
@@ -46,14 +52,78 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def parse_overrides(items: list[str] | None, where: str = "command line") -> dict[str, Any]:
+    """``["train.max_steps=2", "learning_rate=1e-4"]`` → ``{"train": {"max_steps": 2}, "learning_rate": 1e-4}``.
+
+    One parser for ``coretech run``, ``train``, ``predict``, ``chat`` and ``api``: an OmegaConf dotlist,
+    so values are typed as LLaMA-Factory types its own command-line overrides.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    result: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip() or key != key.strip() or any(not part for part in key.split(".")):
+            raise ConfigError(f"{where}: override {item!r} is not of the form key=value")
+        try:
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([item]), resolve=False)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{where}: override {item!r}: {str(exc).splitlines()[0]}") from None
+        _merge_into(result, parsed)
+    return result
+
+
+def _merge_into(target: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge_into(target[key], value)
+        else:
+            target[key] = value
+
+
+def repo_root_of(path: str | Path) -> Path:
+    """The repository that holds a config: the nearest folder above it that has a ``configs/`` folder.
+
+    A config outside any repository (a one-off pipeline in /tmp) keeps the old rule: the current directory."""
+    path = Path(path).resolve()
+    for folder in path.parents:
+        if (folder / "configs").is_dir():
+            return folder
+    return Path.cwd()
+
+
+def resolve_path(value: str | Path, repo: Path) -> Path:
+    """A path from a config: absolute as given, relative against the repository that holds the config."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (repo / path).resolve()
+
+
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def _convert(value: Any, tp: Any, where: str) -> Any:
+def check_value(value: Any, tp: Any, where: str, *, text_takes_scalars: bool = False) -> Any:
+    """``value`` as type ``tp`` (ints widen to float, text to Path), or ConfigError naming ``where``.
+
+    The one type check for settings: our dataclasses and LLaMA-Factory's argument dataclasses (in
+    the pre-flight) both go through it. ``text_takes_scalars``: LLaMA-Factory reads numbers and lists
+    given for its text fields (``dataset: a,b`` or a list), so those pass for ``str``.
+    """
+    return _convert(value, tp, where, text_takes_scalars)
+
+
+def _convert(value: Any, tp: Any, where: str, text_takes_scalars: bool = False) -> Any:
     origin = get_origin(tp)
-    if tp is Any:
+    if tp is Any or isinstance(tp, str | typing.TypeVar):
+        return value  # an annotation we cannot judge (a forward reference of an optional package)
+    if tp is str and text_takes_scalars and isinstance(value, int | float | list) and not isinstance(value, bool):
         return value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        allowed = [member.value for member in tp]
+        if value in allowed or isinstance(value, tp):
+            return value
+        raise ConfigError(f"{where}: {value!r} is not one of {allowed}")
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -63,9 +133,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _convert(value, arg, where)
+                return _convert(value, arg, where, text_takes_scalars)
             except ConfigError as exc:
-                errors.append(str(exc))
+                # A mapping meant for a settings class: its own error (unknown key …) says more.
+                errors.insert(0 if isinstance(value, dict) and _is_dataclass_type(arg) else len(errors), str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
     if origin is typing.Literal:
         allowed = get_args(tp)
@@ -80,13 +151,13 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
         (item_tp, *_) = get_args(tp) or (Any,)
-        items = [_convert(item, item_tp, f"{where}[{i}]") for i, item in enumerate(value)]
+        items = [_convert(item, item_tp, f"{where}[{i}]", text_takes_scalars) for i, item in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         _, value_tp = get_args(tp) or (Any, Any)
-        return {k: _convert(v, value_tp, f"{where}.{k}") for k, v in value.items()}
+        return {k: _convert(v, value_tp, f"{where}.{k}", text_takes_scalars) for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is Path and isinstance(value, str):

@@ -108,14 +108,22 @@ def llamafactory_cli() -> str:
     return found
 
 
-def check_launch_path(path: str | Path, what: str) -> None:
-    """Refuse paths LLaMA-Factory's launcher would break: it joins argv with spaces and splits again."""
+def whitespace_problem(path: str | Path, what: str) -> str | None:
+    """Why LLaMA-Factory's launcher would break ``path`` (it joins argv with spaces and splits again)."""
     text = str(path)
     if any(ch.isspace() for ch in text):
-        raise CoreTechError(
+        return (
             f"{what} {text!r} contains whitespace; llamafactory-cli's torchrun launcher splits its "
             "arguments on spaces, so move or rename it to a path without spaces"
         )
+    return None
+
+
+def check_launch_path(path: str | Path, what: str) -> None:
+    """Refuse a path LLaMA-Factory's launcher would break, before anything is launched."""
+    reason = whitespace_problem(path, what)
+    if reason:
+        raise CoreTechError(reason)
 
 
 def child_environment(extra: dict[str, str]) -> dict[str, str]:

@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_type_hints
 
+from coretech.config import ConfigError, check_value
 from coretech.errors import CoreTechError
+from coretech.launch import whitespace_problem
 
 # LLaMA-Factory resolves these as local paths when they exist, otherwise as hub ids.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -66,8 +66,12 @@ def key_location(recipe: Path | None, key: str) -> str:
     return f"{recipe} ({key})"
 
 
-def _llamafactory_fields(kind: Literal["train", "export"]) -> dict[str, Any]:
-    """Field name -> type annotation over the dataclasses LLaMA-Factory's parser uses for ``kind``."""
+def llamafactory_fields(kind: Literal["train", "export", "infer"]) -> dict[str, Any]:
+    """Field name → annotation over the argument dataclasses LLaMA-Factory 0.9.5 parses for ``kind``.
+
+    The one list of LLaMA-Factory's keys: ``train`` adds ``TrainingArguments`` to the inference set
+    (``export``, ``chat`` and ``api`` parse ``_INFER_ARGS``: model, data, finetuning, generating).
+    """
     from llamafactory.hparams import (
         DataArguments,
         FinetuningArguments,
@@ -76,7 +80,7 @@ def _llamafactory_fields(kind: Literal["train", "export"]) -> dict[str, Any]:
         TrainingArguments,
     )
 
-    classes = [ModelArguments, DataArguments, FinetuningArguments, GeneratingArguments]
+    classes: list[type] = [ModelArguments, DataArguments, FinetuningArguments, GeneratingArguments]
     if kind == "train":
         classes.insert(2, TrainingArguments)
     result: dict[str, Any] = {}
@@ -86,36 +90,17 @@ def _llamafactory_fields(kind: Literal["train", "export"]) -> dict[str, Any]:
         except Exception:  # some annotations reference optional packages; fall back to raw ones
             hints = {f.name: f.type for f in fields(cls)}
         for f in fields(cls):
-            result.setdefault(f.name, hints.get(f.name, Any))
+            if f.init:
+                result.setdefault(f.name, hints.get(f.name, Any))
     return result
 
 
 def _type_problem(value: Any, annotation: Any) -> str | None:
-    """Why ``value`` cannot be an instance of ``annotation`` (None when it can or we cannot tell)."""
-    if annotation is Any or isinstance(annotation, str):
-        return None
-    origin = get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        args = get_args(annotation)
-        if value is None and type(None) in args:
-            return None
-        reasons = [_type_problem(value, a) for a in args if a is not type(None)]
-        return None if any(r is None for r in reasons) else (reasons[0] if reasons else None)
-    if origin is Literal:
-        return None if value in get_args(annotation) else f"must be one of {list(get_args(annotation))}"
-    if annotation is bool:
-        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
-    if annotation is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        return None if ok else f"must be an integer, got {value!r}"
-    if annotation is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return None if ok else f"must be a number, got {value!r}"
-    if annotation is str:
-        # LLaMA-Factory accepts comma-separated lists and numbers for many str fields.
-        return None if isinstance(value, str | int | float | list) else f"must be a string, got {value!r}"
-    if origin in (list, typing.List):  # noqa: UP006 - older annotations in dependencies
-        return None
+    """Why ``value`` cannot be given for a field annotated ``annotation`` (None when it can)."""
+    try:
+        check_value(value, annotation, "", text_takes_scalars=True)
+    except ConfigError as exc:
+        return str(exc).removeprefix(": ")
     return None
 
 
@@ -143,7 +128,7 @@ def check_llamafactory_config(
             config = split_coretech_keys(config, str(recipe) if recipe else "config")[0]
         except CoreTechError as exc:
             return [Problem(str(recipe) if recipe else "config", str(exc))]
-    known = _llamafactory_fields(kind)
+    known = llamafactory_fields(kind)
     for key, value in config.items():
         if key not in known:
             problems.append(Problem(key_location(recipe, key), "unknown key (not an argument of LLaMA-Factory 0.9.5)"))
@@ -250,8 +235,5 @@ def check_writable(folder: Path, where: str) -> list[Problem]:
 
 
 def check_launch_paths(paths: dict[str, str], where: str) -> list[Problem]:
-    return [
-        Problem(where, f"{what} {value!r} contains whitespace; llamafactory-cli's launcher splits arguments on spaces")
-        for what, value in paths.items()
-        if any(ch.isspace() for ch in value)
-    ]
+    """Every launch path with whitespace, as problems (the same rule as ``launch.check_launch_path``)."""
+    return [Problem(where, reason) for what, value in paths.items() if (reason := whitespace_problem(value, what))]

@@ -15,10 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from coretech.config import ConfigError, load_yaml
+from coretech.config import ConfigError, load_yaml, repo_root_of
+from coretech.config import parse_overrides as config_overrides
 from coretech.errors import CoreTechError
+from coretech.log import get_logger
+from coretech.preflight import llamafactory_fields
+from coretech.runs import MANIFEST, read_manifest, resolve_run_model
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:
     from llamafactory.hparams import DataArguments, GeneratingArguments, ModelArguments
@@ -50,24 +54,12 @@ def _init_fields(cls: type) -> set[str]:
 
 def train_recipe_keys() -> set[str]:
     """Every key ``llamafactory-cli train`` accepts (its ``_TRAIN_ARGS`` dataclasses)."""
-    from llamafactory.hparams import (
-        DataArguments,
-        FinetuningArguments,
-        GeneratingArguments,
-        ModelArguments,
-        TrainingArguments,
-    )
-
-    classes = (ModelArguments, DataArguments, TrainingArguments, FinetuningArguments, GeneratingArguments)
-    return set().union(*(_init_fields(cls) for cls in classes))
+    return set(llamafactory_fields("train"))
 
 
 def infer_recipe_keys() -> set[str]:
     """Every key ``llamafactory-cli chat`` / ``api`` accept (its ``_INFER_ARGS``: no trainer keys)."""
-    from llamafactory.hparams import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments
-
-    classes = (ModelArguments, DataArguments, FinetuningArguments, GeneratingArguments)
-    return set().union(*(_init_fields(cls) for cls in classes))
+    return set(llamafactory_fields("infer"))
 
 
 def check_recipe_keys(values: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -77,18 +69,8 @@ def check_recipe_keys(values: dict[str, Any], allowed: set[str], where: str) -> 
 
 
 def parse_overrides(overrides: list[str] | None, where: str = "command line") -> dict[str, Any]:
-    """``key=value`` pairs with YAML-typed values (``max_new_tokens=32`` is an int), as LLaMA-Factory's
-    own OmegaConf command-line overrides are typed."""
-    result: dict[str, Any] = {}
-    for item in overrides or []:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{where}: override {item!r} is not of the form key=value")
-        try:
-            result[key.strip()] = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            result[key.strip()] = text
-    return result
+    """``key=value`` recipe overrides, typed by the one override parser (``config.parse_overrides``)."""
+    return config_overrides(overrides, where)
 
 
 @dataclass
@@ -155,33 +137,51 @@ def load_predict_recipe(path: str | Path, overrides: dict[str, Any] | None = Non
     return PredictRecipe(path, values, ours)
 
 
-def find_recipe(kind: str, template: str | None) -> Path:
-    """The one ``configs/*/<kind>.yaml`` whose template is the run's, so ``--run`` needs no ``--recipe``."""
-    candidates = sorted(Path("configs").glob(f"*/{kind}.yaml"))
+def find_recipe(kind: str, template: str | None, repo: Path | None = None) -> Path:
+    """The one ``configs/*/<kind>.yaml`` of ``repo`` whose template is the run's, so ``--run`` needs no ``--recipe``.
+
+    ``repo`` defaults to the repository of this package (``recipe_repo(run)`` gives the run's), never the
+    current directory."""
+    repo = repo or recipe_repo(None)
+    candidates = sorted((repo / "configs").glob(f"*/{kind}.yaml"))
     matching = [path for path in candidates if template and load_yaml(path).get("template") == template]
     if len(matching) == 1:
         return matching[0]
     found = "several" if matching else "no"
     raise CoreTechError(
-        f"--recipe is required: {found} configs/*/{kind}.yaml with template {template!r} "
-        f"(from {Path.cwd()}); pass e.g. --recipe configs/smollm2-135m/{kind}.yaml"
+        f"--recipe is required: {found} {repo / 'configs'}/*/{kind}.yaml with template {template!r}; "
+        f"pass e.g. --recipe configs/smollm2-135m/{kind}.yaml"
     )
+
+
+def recipe_repo(run: Path | None) -> Path:
+    """Where ``find_recipe`` looks: the repository of the run's pipeline file, else of this package."""
+    if run is not None:
+        pipeline = read_manifest(Path(run) / MANIFEST).get("pipeline") if (Path(run) / MANIFEST).exists() else None
+        if isinstance(pipeline, str) and Path(pipeline).exists():
+            return repo_root_of(pipeline)
+    return repo_root_of(Path(__file__))
 
 
 def resolve_model(
     run: Path | None, stage: str | None, model: str | None, adapter: str | None
 ) -> tuple[str | None, str | None, str | None]:
     """(model, adapter, template) from a run folder's manifest (the pipeline's record of what each
-    stage produced) or from the command line."""
+    stage produced) or from the command line; logs which model will be served."""
     if run is None:
         if stage is not None:
             raise CoreTechError("--stage needs --run")
+        if model is not None:
+            log.info("model: %s%s", model, f" with adapter {adapter}" if adapter else "")
         return model, adapter, None
     if adapter is not None:
         raise CoreTechError("--adapter goes with --model; a run's manifest names its own adapter")
-    try:
-        from coretech.pipeline import resolve_run_model
-    except ImportError:
-        raise CoreTechError("--run needs coretech.pipeline.resolve_run_model, missing in this checkout") from None
     run_model = resolve_run_model(Path(run), stage)
+    log.info(
+        "model: stage %s of run %s (%s%s)",
+        run_model.stage,
+        run,
+        run_model.model,
+        f" with adapter {run_model.adapter}" if run_model.adapter else "",
+    )
     return run_model.model, run_model.adapter, run_model.template

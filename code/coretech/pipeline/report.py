@@ -1,0 +1,134 @@
+"""The run report (``report.md``): stages with times and losses, the data summaries, one metrics table
+per test set with its chart, and the curriculum-against-shuffled comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from coretech.files import write_text_atomic
+from coretech.log import get_logger
+from coretech.pipeline.context import RunContext, format_seconds
+from coretech.tables import markdown_table
+
+log = get_logger(__name__)
+
+
+def demote_headings(markdown: str, to_level: int) -> str:
+    """Shift a builder's own Markdown report so its top heading sits at ``to_level`` in ours."""
+    levels = [len(line) - len(line.lstrip("#")) for line in markdown.splitlines() if line.startswith("#")]
+    if not levels:
+        return markdown
+    shift = to_level - min(levels)
+    return "\n".join("#" * shift + line if line.startswith("#") else line for line in markdown.splitlines())
+
+
+def metrics_by_test_set(ctx: RunContext) -> dict[str, dict[str, Any]]:
+    """Test set → (model → metrics row); one test set keeps ``metrics.json`` flat as before."""
+    if not ctx.metrics or not ctx.spec.predict:
+        return {}
+    if len(ctx.spec.predict.datasets) == 1:
+        return {ctx.spec.predict.datasets[0]: ctx.metrics}
+    return ctx.metrics
+
+
+def _stage_rows(ctx: RunContext) -> list[list[Any]]:
+    rows = []
+    for index, stage in enumerate(ctx.spec.stages, 1):
+        entry = ctx.manifest.entry("stages", stage.name)
+        loss = (
+            f"{entry['first_loss']:.3f} → {entry['last_loss']:.3f}"
+            if "first_loss" in entry and "last_loss" in entry
+            else "–"
+        )
+        took = ctx.timings.get(f"{stage.name}.train")
+        took_text = format_seconds(took + ctx.timings.get(f"{stage.name}.export", 0)) if took else "skipped (unchanged)"
+        output = entry.get("adapter") or entry.get("model")
+        rows.append(
+            [index, stage.name, stage.start_from, entry.get("global_step", "–"), loss, took_text, f"`{output}`"]
+        )
+    return rows
+
+
+def write_report(ctx: RunContext, wall_seconds: float) -> Path:
+    """``report.md``: stages with times and losses, data summaries, the metrics tables and charts."""
+    spec = ctx.spec
+    lines = [
+        f"# CoreTech run `{spec.name}`",
+        "",
+        f"Pipeline `{ctx.loaded.path}` · base model `{spec.base_model}` · "
+        f"{ctx.launch.nnodes} node(s) × {ctx.launch.nproc_per_node or 'all'} process(es), DeepSpeed per recipe · "
+        f"wall time {format_seconds(wall_seconds)}",
+        "",
+        "## Stages",
+        "",
+        markdown_table(
+            ["#", "stage", "starts from", "steps", "first → last loss", "time (this run)", "output"], _stage_rows(ctx)
+        ),
+    ]
+    prepare = ctx.manifest.entry("steps", "prepare")
+    for key, title in (("cpt", "CPT corpus"), ("sft", "SFT datasets")):
+        if prepare.get(key):
+            lines += ["", f"## {title}", "", demote_headings(prepare[key].strip(), to_level=3)]
+    by_set = metrics_by_test_set(ctx)
+    if by_set:
+        from coretech.eval.report import metrics_table_markdown
+
+        several = len(by_set) > 1
+        for dataset, metrics in by_set.items():
+            lines += ["", f"## Metrics: `{dataset}`" if several else "## Metrics", ""]
+            lines += [metrics_table_markdown(metrics).strip(), ""]
+            chart = Path("eval") / (dataset if several else "") / "f1_by_level.png"
+            if (ctx.run_dir / chart).is_file():
+                lines += [f"![F1 by IPC level]({chart.as_posix()})", ""]
+            lines += _curriculum_comparison(ctx, metrics)
+    if ctx.timings:
+        lines += ["", "## Wall time of this invocation", ""]
+        lines += [markdown_table(["step", "time"], [[k, format_seconds(v)] for k, v in ctx.timings.items()])]
+    path = ctx.run_dir / "report.md"
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _curriculum_comparison(ctx: RunContext, metrics: dict[str, dict]) -> list[str]:
+    """One line per key metric: the main chain's final stage against the ablation (a match_steps stage)."""
+    ablations = [s.name for s in ctx.spec.stages if s.match_steps]
+    rows = {m.model: m.name for m in ctx.spec.predict.entries} if ctx.spec.predict else {}
+    last, ablation = rows.get(ctx.spec.final_stage or ""), next((rows[a] for a in ablations if a in rows), None)
+    if not last or not ablation or last not in metrics or ablation not in metrics:
+        return []
+    lines = ["## Curriculum against shuffled (same steps)", ""]
+
+    def shown(name: str, key: str) -> str:
+        value = metrics[name][key]
+        low, high = metrics[name].get(f"{key}_ci_low"), metrics[name].get(f"{key}_ci_high")
+        interval = f" [{low:.3f}, {high:.3f}]" if isinstance(low, int | float) and isinstance(high, int | float) else ""
+        return f"{value:.3f}{interval}"
+
+    for key in ("ipc.subclass.f1", "ipc.class.f1", "tech.f1", "rouge_l"):
+        a, b = metrics[last].get(key), metrics[ablation].get(key)
+        if isinstance(a, int | float) and isinstance(b, int | float):
+            lines.append(
+                f"- `{key}`: curriculum `{last}` {shown(last, key)} vs shuffled `{ablation}` {shown(ablation, key)} "
+                f"(difference {a - b:+.3f})"
+            )
+    n = metrics[last].get("n")
+    lines.append(
+        f"\nBrackets: 95% bootstrap intervals over the {n} test answers; overlapping intervals mean no clear winner."
+    )
+    return [*lines, ""]
+
+
+def print_summary(ctx: RunContext, report: Path) -> None:
+    """The metrics table(s) on stdout (what the command produces); where the files are on stderr."""
+    by_set = metrics_by_test_set(ctx)
+    if by_set:
+        from coretech.eval.report import print_metrics_table
+
+        for dataset, metrics in by_set.items():
+            if len(by_set) > 1:
+                print(f"test set {dataset}:", flush=True)
+            print_metrics_table(metrics)
+    log.info("report: %s", report)
+    if by_set:
+        log.info("metrics: %s", ctx.run_dir / "metrics.json")
