@@ -119,7 +119,14 @@ class PredictStep(Step):
                 "options": self.row.options,
             },
             "test set": dataset_digest(data_dir, [self.dataset]),
+            "scheme": self._scheme_digests(ctx),
         }
+
+    def _scheme_digests(self, ctx: RunContext) -> list[str]:
+        """The scheme shapes the answers only for constrained decoding and retrieval."""
+        grounded = self.row.backend == "retrieval" or self.row.options.get("constrain_codes")
+        scheme = ctx.spec.evaluate.scheme if ctx.spec.evaluate else []
+        return [content_digest(Path(p)) for p in scheme] if grounded else []
 
     def outputs(self) -> list[Path]:
         return [self.out_file]
@@ -144,6 +151,8 @@ class PredictStep(Step):
         spec = ctx.spec.predict
         assert spec is not None
         log.info("%s: %s with %s → %s", self.name, self.dataset, self.row.model, self.out_file)
+        # Constrained decoding and retrieval answer from the scheme the evaluate step scores against.
+        options = {"scheme_files": ctx.spec.evaluate.scheme if ctx.spec.evaluate else None, **self.row.options}
         result = run_prediction(
             model=self.model,
             adapter=self.adapter,
@@ -154,7 +163,7 @@ class PredictStep(Step):
             backend=self.row.backend or spec.backend,
             max_samples=spec.max_samples,
             batch_size=spec.batch_size,
-            **self.row.options,
+            **options,
         )
         ctx.timings[self.name] = result.seconds
         return {
@@ -198,12 +207,11 @@ class EvaluateStep(Step):
 
     def run(self, ctx: RunContext, fp: str) -> dict[str, Any]:
         from coretech.eval.report import evaluate_runs
-        from coretech.ipc import IpcScheme
-        from coretech.ipc.scheme import SchemeError
+        from coretech.ipc import SchemeError, load_scheme
 
         spec = ctx.spec.evaluate
-        try:
-            scheme = IpcScheme.load(spec.scheme) if spec and spec.scheme else None
+        try:  # none configured: the built-in full scheme
+            scheme = load_scheme(spec.scheme if spec else None)
         except SchemeError as exc:
             raise CoreTechError(str(exc)) from None
         started = time.monotonic()
