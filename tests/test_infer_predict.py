@@ -240,7 +240,6 @@ def test_complete_lines_truncates_only_the_partial_tail(tmp_path: Path) -> None:
 def test_predict_with_run_uses_the_manifest_model_and_run_data(
     dataset_dir: Path, quick_recipe: Path, embedded_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    pytest.importorskip("coretech.pipeline").resolve_run_model  # noqa: B018
     run = tmp_path / "runs" / "demo"
     run.mkdir(parents=True)
     dataset_dir.rename(run / "data")

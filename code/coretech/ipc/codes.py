@@ -18,7 +18,6 @@ from typing import Literal
 Level = Literal["section", "class", "subclass", "main_group", "subgroup"]
 LEVELS: tuple[Level, ...] = ("section", "class", "subclass", "main_group", "subgroup")
 
-SECTIONS = "ABCDEFGH"
 
 _STRICT = re.compile(
     r"""^(?P<section>[A-H])

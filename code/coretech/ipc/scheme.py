@@ -35,7 +35,7 @@ from pathlib import Path
 
 import defusedxml.ElementTree as SafeET
 
-from coretech.ipc.codes import LEVELS, InvalidIpcCode, IpcCode, Level, parse_ipc
+from coretech.ipc.codes import InvalidIpcCode, IpcCode, Level, parse_ipc
 
 _WIPO_KINDS_KEPT = set("scum123456789")
 
@@ -372,11 +372,3 @@ def _read_table(scheme: IpcScheme, path: Path, default_language: str) -> None:
     if not seen_levels:
         raise SchemeError(f"{path}: no IPC entries")
     scheme.parts.append(f"{'/'.join(sorted(languages))} titles from {path}")
-
-
-def level_counts(scheme: IpcScheme) -> dict[str, int]:
-    """Entries per hierarchy level, for reports."""
-    counts = dict.fromkeys(LEVELS, 0)
-    for entry in scheme.entries.values():
-        counts[entry.code.level] += 1
-    return counts

@@ -268,6 +268,9 @@ def tokenizer_json(name: str) -> str:
             raise CoreTechError(f"{local}: not a tokenizer file ({str(exc).splitlines()[0]})") from None
     from transformers import AutoTokenizer
 
+    from coretech.models import check_model_reference
+
+    check_model_reference(name, "tokenizer")  # a missing local path is one line now, not five hub retries
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as exc:

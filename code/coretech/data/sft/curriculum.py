@@ -141,6 +141,9 @@ class ModelScorer:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from coretech.models import check_model_reference
+
+        check_model_reference(str(model_path), "difficulty model")  # never a hub lookup for a local path
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         # bfloat16 weights (not autocast, which re-casts every weight on every call): on CPUs with

@@ -32,7 +32,6 @@ class ImportedRecord:
     domain: str
     source: str
     location: str
-    domain_guessed: bool = False
 
 
 _TASK_TYPES = {"ipc": "ipc", "ipc_task": "ipc", "tech": "tech", "tech_task": "tech", "key_tech": "tech"}
