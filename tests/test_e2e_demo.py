@@ -20,6 +20,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ["cpt", "sft_stage1", "sft_stage2", "sft_stage3", "sft_shuffled"]
 MODELS = ["base", *STAGES]
+ROWS = ["base", "retrieval", "cpt", "sft_stage1", "sft_stage2", "sft_stage3", "sft_stage3_constrained", "sft_shuffled"]
+TEST_SETS = ["coretech_sft_test", "coretech_sft_test_phrasing"]
 BUDGET = ["train.max_steps=2", "train.save_steps=1000", "predict.max_samples=6"]
 
 
@@ -71,22 +73,30 @@ def test_stages_are_chained_and_the_ablation_matches_the_curriculum_steps(demo_r
 
 def test_metrics_table_has_a_row_per_model_with_the_contract_keys(demo_run):
     run_dir, result = demo_run
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert list(metrics) == MODELS
-    for name in MODELS:
-        row = metrics[name]
-        assert row["n"] == 6
-        for level in ("section", "class", "subclass", "main_group", "subgroup"):
-            for measure in ("precision", "recall", "f1"):
-                assert 0.0 <= row[f"ipc.{level}.{measure}"] <= 1.0 or row[f"ipc.{level}.{measure}"] is None
-        for key in ("ipc.invalid_rate", "tech.f1", "rouge_l", "bleu_4"):
-            assert key in row
-        lines = (run_dir / "predict" / name / "generated_predictions.jsonl").read_text().splitlines()
-        assert len(lines) == 6 and all({"prompt", "predict", "label"} <= set(json.loads(x)) for x in lines)
+    by_set = json.loads((run_dir / "metrics.json").read_text())
+    assert list(by_set) == TEST_SETS
+    for dataset, metrics in by_set.items():
+        assert list(metrics) == ROWS
+        for name in ROWS:
+            row = metrics[name]
+            assert row["n"] == 6
+            for level in ("section", "class", "subclass", "main_group", "subgroup"):
+                for measure in ("precision", "recall", "f1"):
+                    assert 0.0 <= row[f"ipc.{level}.{measure}"] <= 1.0 or row[f"ipc.{level}.{measure}"] is None
+            for key in ("ipc.invalid_rate", "tech.f1", "rouge_l", "bleu_4"):
+                assert key in row
+            lines = (run_dir / "predict" / dataset / name / "generated_predictions.jsonl").read_text().splitlines()
+            assert len(lines) == 6 and all({"prompt", "predict", "label"} <= set(json.loads(x)) for x in lines)
+        # grounded rows: every code they write exists in the scheme (None: no code written at all)
+        for name in ("retrieval", "sft_stage3_constrained"):
+            assert metrics[name]["ipc.invalid_rate"] in (0.0, None), (dataset, name)
+        assert metrics["retrieval"]["ipc.n_predicted_codes"] > 0  # retrieval always answers with codes
+        assert (run_dir / "eval" / dataset / "f1_by_level.png").stat().st_size > 1000
     report = (run_dir / "report.md").read_text()
-    assert "## Metrics" in report and "sft_shuffled" in report and "f1_by_level.png" in report
-    assert (run_dir / "eval" / "f1_by_level.png").stat().st_size > 1000
-    for name in MODELS:
+    assert "## Metrics: `coretech_sft_test`" in report and "## Metrics: `coretech_sft_test_phrasing`" in report
+    assert "Test set: unseen subjects" in report and "Test set: seen subjects asked in phrasings" in report
+    assert "sft_shuffled" in report and "f1_by_level.png" in report
+    for name in ROWS:
         assert name in result.stdout  # the table is printed in the terminal
 
 
@@ -107,7 +117,7 @@ def planned(run_dir: Path) -> dict[str, str]:
 def test_after_the_run_a_dry_run_plans_no_work(demo_run):
     run_dir, _ = demo_run
     plan = planned(run_dir)
-    assert len(plan) == 1 + 5 + 1 + 6 + 1  # prepare, five stages, the merge, six predictions, evaluate
+    assert len(plan) == 1 + 5 + 1 + 2 * 8 + 2  # prepare, five stages, the merge, 8 rows × 2 test sets, 2 evaluates
     assert all(action.startswith("skip") for action in plan.values()), plan
 
 
@@ -123,7 +133,7 @@ def test_rerun_skips_every_finished_stage(demo_run):
 
 
 def table_rows(stdout: str) -> list[str]:
-    return [line for line in stdout.splitlines() if any(name in line for name in MODELS)]
+    return [line for line in stdout.splitlines() if any(name in line for name in ROWS)]
 
 
 def test_a_copied_run_folder_reuses_every_finished_step(demo_run):

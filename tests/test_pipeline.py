@@ -140,14 +140,21 @@ def test_predict_takes_several_test_sets_and_model_rows_with_backend_and_options
     ]
 
 
-def test_demo_keeps_one_test_set_and_flat_predict_folders(tmp_path):
+def test_demo_predicts_both_test_sets_with_the_retrieval_and_constrained_rows(tmp_path):
     loaded = load_pipeline(DEMO)
-    assert loaded.spec.predict is not None and loaded.spec.predict.datasets == ["coretech_sft_test"]
+    sets = ["coretech_sft_test", "coretech_sft_test_phrasing"]
+    assert loaded.spec.predict is not None and loaded.spec.predict.datasets == sets
     run_dir = (tmp_path / "run").resolve()
     ctx = RunContext(loaded, run_dir, Manifest(run_dir / "manifest.json"), loaded.spec.launch, dry_run=True)
     steps = build_steps(ctx, resolve_stages(loaded, run_dir))
-    assert [s.name for s in steps if isinstance(s, PredictStep)] == [f"predict.{m}" for m in ["base", *STAGES]]
-    assert steps[0].name == "prepare" and steps[-1].name == "evaluate"
+    rows = ["base", "retrieval", "cpt", "sft_stage1", "sft_stage2", "sft_stage3", "sft_stage3_constrained"]
+    rows.append("sft_shuffled")
+    expected = [f"predict.{d}.{m}" for d in sets for m in rows]
+    assert [s.name for s in steps if isinstance(s, PredictStep)] == expected
+    constrained = next(s for s in steps if s.name == "predict.coretech_sft_test.sft_stage3_constrained")
+    assert constrained.row.options == {"constrain_codes": True} and constrained.row.model == "sft_stage3"
+    assert next(s for s in steps if s.name.endswith(".retrieval")).row.backend == "retrieval"
+    assert steps[0].name == "prepare" and [s.name for s in steps[-2:]] == [f"evaluate.{d}" for d in sets]
     assert [type(s) for s in steps[1:3]] == [TrainStep, MergeStep]
 
 

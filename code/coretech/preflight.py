@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
 from coretech.config import ConfigError, check_value
+from coretech.data.dataset_info import dataset_file_inside
 from coretech.errors import CoreTechError
 from coretech.launch import whitespace_problem
 
@@ -209,8 +210,15 @@ def check_datasets(names: list[str], dataset_dir: Path, where: str, planned: set
             problems.append(Problem(where, f"dataset {name!r} is not in {info_path} (known: {known})"))
             continue
         file_name = entry.get("file_name")
-        if file_name and not (dataset_dir / file_name).exists():
-            problems.append(Problem(f"{info_path} ({name})", f"file {dataset_dir / file_name} not found"))
+        if not file_name:
+            continue
+        try:  # LLaMA-Factory reads the file itself at training time: it must stay inside the dataset folder
+            path = dataset_file_inside(dataset_dir, file_name, where=name)
+        except CoreTechError as exc:
+            problems.append(Problem(f"{info_path} ({name})", str(exc).removeprefix(f"{name}: ")))
+            continue
+        if not path.exists():
+            problems.append(Problem(f"{info_path} ({name})", f"file {path} not found"))
     return problems
 
 

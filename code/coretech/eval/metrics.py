@@ -123,6 +123,7 @@ def score_ipc(
     result["ipc.n_unscored"] = sum(1 for _, ref in answers if not ref)
     predicted = [code for pred, _ in answers for code in pred]
     result["ipc.n_predicted_codes"] = len(predicted)
+    result["ipc.answers_with_codes"] = sum(1 for pred, _ in answers if pred)  # why an F1 of 0: no code, or wrong ones
     if scheme is None:
         result["ipc.invalid_rate"] = None
         result["ipc.n_invalid_codes"] = None

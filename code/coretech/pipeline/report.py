@@ -77,7 +77,10 @@ def write_report(ctx: RunContext, wall_seconds: float) -> Path:
         several = len(by_set) > 1
         for dataset, metrics in by_set.items():
             lines += ["", f"## Metrics: `{dataset}`" if several else "## Metrics", ""]
+            if dataset in TEST_SETS:
+                lines += [f"Test set: {TEST_SETS[dataset]}.", ""]
             lines += [metrics_table_markdown(metrics).strip(), ""]
+            lines += _zero_evidence(metrics)
             chart = Path("eval") / (dataset if several else "") / "f1_by_level.png"
             if (ctx.run_dir / chart).is_file():
                 lines += [f"![F1 by IPC level]({chart.as_posix()})", ""]
@@ -88,6 +91,31 @@ def write_report(ctx: RunContext, wall_seconds: float) -> Path:
     path = ctx.run_dir / "report.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+# What each test set measures: the report says which protocol a table follows (coretech.data.sft builds both).
+TEST_SETS = {
+    "coretech_sft_test": "unseen subjects: no subject, answer, code set or near-duplicate answer of it is in "
+    "training (the leak-free grouped split)",
+    "coretech_sft_test_phrasing": "seen subjects asked in phrasings held out of training (the reference's "
+    "protocol: training subjects, new wording)",
+}
+
+
+def _zero_evidence(metrics: dict[str, dict]) -> list[str]:
+    """Where IPC subclass F1 is 0 or undefined, the evidence why: no code written at all, or codes not in the
+    scheme, or valid codes that are not the reference's."""
+    lines = []
+    for name, row in metrics.items():
+        if row.get("ipc.subclass.f1") not in (0, 0.0, None) or not row.get("n_ipc"):
+            continue
+        with_codes, n = row.get("ipc.answers_with_codes"), row.get("n_ipc")
+        invalid, predicted = row.get("ipc.n_invalid_codes"), row.get("ipc.n_predicted_codes")
+        why = f"{with_codes} of {n} IPC answers contain any code"
+        if predicted:
+            why += f"; {invalid} of their {predicted} codes are not in the scheme" if invalid is not None else ""
+        lines.append(f"- `{name}` scores IPC subclass F1 {row.get('ipc.subclass.f1') or 0:.3f}: {why}.")
+    return ["Why an IPC F1 is 0:", "", *lines, ""] if lines else []
 
 
 def _curriculum_comparison(ctx: RunContext, metrics: dict[str, dict]) -> list[str]:

@@ -192,6 +192,7 @@ def preflight(loaded: LoadedPipeline, stages: list[ResolvedStage], run_dir: Path
             spec.predict.datasets, (run_dir / "data").resolve(), f"{spec.predict.recipe} (dataset)", planned
         )
         problems += _prediction_option_problems(spec)
+        problems += _vllm_problems(spec, will_exist)
     if spec.evaluate:
         for scheme in spec.evaluate.scheme:
             if not Path(scheme).is_file():
@@ -224,3 +225,20 @@ def _only(spec: PipelineSpec, key: str) -> PipelineSpec:
 
     data = DataSpec(cpt=spec.data.cpt if key == "cpt" else None, sft=spec.data.sft if key == "sft" else None)
     return replace(spec, data=data)
+
+
+def _vllm_problems(spec: PipelineSpec, will_exist: set[str]) -> list[Problem]:
+    """A prediction on vLLM that cannot start is found before days of training, not after them: vLLM imports,
+    its version is the supported one, and it builds the tokenizer of the model it will serve (the base
+    model's; training keeps the tokenizer)."""
+    from coretech.infer.predict import choose_backend
+
+    assert spec.predict is not None
+    backends = {row.backend or spec.predict.backend for row in spec.predict.entries}
+    if "vllm" not in {choose_backend(b)[0] if b == "auto" else b for b in backends}:
+        return []
+    if spec.base_model in will_exist and not Path(spec.base_model).exists():
+        return []  # the embedded model is converted by the prepare step; the check runs again after it
+    from coretech.infer.vllm import check_vllm_environment
+
+    return [Problem("predict.backend (vllm)", problem) for problem in check_vllm_environment(spec.base_model)]
