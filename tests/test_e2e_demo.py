@@ -19,7 +19,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ["cpt", "sft_stage1", "sft_stage2", "sft_stage3", "sft_shuffled"]
-MODELS = ["base", *STAGES]
 ROWS = ["base", "retrieval", "cpt", "sft_stage1", "sft_stage2", "sft_stage3", "sft_stage3_constrained", "sft_shuffled"]
 TEST_SETS = ["coretech_sft_test", "coretech_sft_test_phrasing"]
 BUDGET = ["train.max_steps=2", "train.save_steps=1000", "predict.max_samples=6"]
@@ -90,7 +89,8 @@ def test_metrics_table_has_a_row_per_model_with_the_contract_keys(demo_run):
         # grounded rows: every code they write exists in the scheme (None: no code written at all)
         for name in ("retrieval", "sft_stage3_constrained"):
             assert metrics[name]["ipc.invalid_rate"] in (0.0, None), (dataset, name)
-        assert metrics["retrieval"]["ipc.n_predicted_codes"] > 0  # retrieval always answers with codes
+        if metrics["retrieval"]["n_ipc"]:
+            assert metrics["retrieval"]["ipc.answers_with_codes"] > 0  # retrieval answers with scheme codes
         assert (run_dir / "eval" / dataset / "f1_by_level.png").stat().st_size > 1000
     report = (run_dir / "report.md").read_text()
     assert "## Metrics: `coretech_sft_test`" in report and "## Metrics: `coretech_sft_test_phrasing`" in report

@@ -154,7 +154,8 @@ def test_demo_predicts_both_test_sets_with_the_retrieval_and_constrained_rows(tm
     constrained = next(s for s in steps if s.name == "predict.coretech_sft_test.sft_stage3_constrained")
     assert constrained.row.options == {"constrain_codes": True} and constrained.row.model == "sft_stage3"
     assert next(s for s in steps if s.name.endswith(".retrieval")).row.backend == "retrieval"
-    assert steps[0].name == "prepare" and [s.name for s in steps[-2:]] == [f"evaluate.{d}" for d in sets]
+    assert steps[0].name == "prepare" and steps[-1].name == f"evaluate.{sets[-1]}"
+    assert [s.name for s in steps if isinstance(s, EvaluateStep)] == [f"evaluate.{d}" for d in sets]
     assert [type(s) for s in steps[1:3]] == [TrainStep, MergeStep]
 
 
@@ -573,3 +574,25 @@ def test_commands_with_run_say_which_model_they_serve(tmp_path, capsys):
     assert adapter == str(tmp_path.resolve() / "sft_stage3" / "output")
     err = capsys.readouterr().err
     assert f"model: stage sft_stage3 of run {tmp_path} ({model} with adapter {adapter})" in err
+
+
+def test_a_vllm_prediction_is_checked_before_any_training(tmp_path, embedded_model):
+    """No vLLM on this machine: the pipeline stops in pre-flight, not after days of training."""
+    data = demo_data()
+    data["predict"]["backend"] = "vllm"
+    loaded = load_pipeline(write_yaml(tmp_path / "p.yaml", data))
+    with pytest.raises(PreflightFailed) as caught:
+        preflight(loaded, resolve_stages(loaded, tmp_path / "run"), tmp_path / "run", after_prepare=False)
+    assert "predict.backend (vllm): vLLM is not installed" in str(caught.value)
+
+
+def test_preflight_refuses_a_dataset_file_outside_its_folder(tmp_path):
+    from coretech.preflight import check_datasets
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (tmp_path / "x.jsonl").write_text("{}\n", encoding="utf-8")
+    (data_dir / "dataset_info.json").write_text(json.dumps({"leak": {"file_name": "../x.jsonl"}}), encoding="utf-8")
+    problems = [str(p) for p in check_datasets(["leak"], data_dir, "recipe.yaml", set())]
+    assert len(problems) == 1 and "(leak)" in problems[0]
+    assert "file_name '../x.jsonl' resolves to" in problems[0] and "outside the dataset folder" in problems[0]
