@@ -63,16 +63,15 @@ def _imported(
         log.skips.skip("unknown task_type", record.location, str(record.data.get("task_type")))
         return None
     domain = str(record.data.get("domain") or "").strip()
-    guessed = False
     if not domain:
         # A short input is the subject (``Which IPC codes does this field involve?`` + ``智慧农业``).
         domain = query.strip() if 0 < len(query.strip()) <= 40 else domain_from_question(instruction)
     if not domain:
         # Without a domain the split cannot keep paraphrases together; the question itself is the
         # group, which is safe for a one-off sample and counted so the user can add a domain field.
-        domain, guessed = instruction.strip()[:60], True
+        domain = instruction.strip()[:60]
         log.notes["imported records without a recognisable domain (question used as split group)"] += 1
-    return ImportedRecord(instruction, query, output, system, task, domain, source, record.location, guessed)
+    return ImportedRecord(instruction, query, output, system, task, domain, source, record.location)
 
 
 def read_alpaca(path: Path, source: str, log: TableLog) -> list[ImportedRecord]:
