@@ -110,7 +110,6 @@ def test_the_run_model_is_the_end_of_the_main_chain_never_the_ablation():
 
 def test_predict_takes_several_test_sets_and_model_rows_with_backend_and_options(tmp_path):
     data = demo_data()
-    data["predict"].pop("dataset")
     data["predict"]["datasets"] = ["coretech_sft_test", "coretech_sft_stage1"]
     data["predict"]["models"] = [
         "base",
@@ -298,7 +297,7 @@ def test_a_copied_run_folder_plans_no_training(tmp_path, capsys):
     shutil.copytree(tmp_path / "runs" / "demo", copy)
     assert main(["run", str(DEMO), "--run-dir", str(copy), "--dry-run", *overrides]) == 0
     plans = plan_lines(capsys.readouterr().out)
-    assert len(plans) == 1 + 5 + 1 + 6 + 1  # prepare, five stages, one merge, six predictions, evaluate
+    assert len(plans) == 1 + 5 + 1 + 2 * 8 + 2  # prepare, 5 stages, a merge, 8 rows × 2 test sets, 2 evaluates
     assert all(plan.startswith("skip") for plan in plans.values()), plans
 
 
@@ -315,8 +314,11 @@ def test_a_changed_override_reruns_that_stage_and_every_later_one_and_says_what_
         plans["sft_stage2 (train)"] == "rerun (changed: config); moves sft_stage2/output to previous-<UTC time>/ first"
     )
     assert plans["sft_stage3 (train)"].startswith("rerun (changed: starts from)")
-    assert plans["predict.sft_stage2"].startswith("rerun (changed: model)")
-    assert plans["predict.cpt"].startswith("skip")
+    for test_set in ("coretech_sft_test", "coretech_sft_test_phrasing"):
+        assert plans[f"predict.{test_set}.sft_stage2"].startswith("rerun (changed: model)")
+        assert plans[f"predict.{test_set}.sft_stage3_constrained"].startswith("rerun (changed: model)")
+        assert plans[f"predict.{test_set}.cpt"].startswith("skip")
+        assert plans[f"predict.{test_set}.retrieval"].startswith("skip")
     assert (run_dir / "sft_stage2" / "output" / "adapter_model.safetensors").exists()  # a plan moves nothing
     assert (run_dir / "sft_stage2" / "config.yaml").read_text() == "# what was trained\n"  # nor overwrites
     assert "lora_rank: 8" in (run_dir / "sft_stage2" / "config.planned.yaml").read_text()

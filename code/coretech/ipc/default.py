@@ -99,7 +99,8 @@ def load_scheme(paths: Sequence[str | Path] | None = None, base_dir: str | Path 
     for path in files:
         if not path.is_file():
             raise SchemeError(f"{path}: IPC scheme file not found")
-    key = tuple((str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+    # the paths as given are part of the key: the scheme's source line names them that way
+    key = tuple((str(p), str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
     if key not in _cache:
         if any(scheme_file_kind(p) != "table" for p in files):
             _cache[key] = IpcScheme.load(files)
