@@ -120,7 +120,9 @@ class PredictStep(Step):
             },
             "test set": dataset_digest(data_dir, [self.dataset]),
             # the retrieval baseline also answers from the training split's (subject → codes) pairs
-            "training pairs": dataset_digest(data_dir, ["coretech_sft_train"]) if self.row.backend == "retrieval" else "",
+            "training pairs": dataset_digest(data_dir, ["coretech_sft_train"])
+            if self.row.backend == "retrieval"
+            else "",
             "scheme": self._scheme_digests(ctx),
         }
 
