@@ -204,3 +204,22 @@ def build_dataclass(cls: type[T], data: dict[str, Any], where: str) -> T:
 def load_dataclass(cls: type[T], path: str | Path) -> T:
     """Load a YAML file into ``cls``; the file path prefixes every error."""
     return build_dataclass(cls, load_yaml(path), str(path))
+
+
+# CoreTech's own predict-recipe keys (grounded answers, docs/inference.md) and their types; they are
+# taken out of the recipe before LLaMA-Factory's key check and parser see it.
+CORETECH_PREDICT_KEYS: dict[str, type] = {
+    "constrain_codes": bool,  # IPC codes only from the scheme (coretech.infer.constrain)
+    "retrieval_k": int,  # codes a retrieval answer lists (coretech.ground)
+}
+
+
+def split_coretech_keys(values: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(LLaMA-Factory's keys, CoreTech's predict keys) of a recipe; a CoreTech key of the wrong type is
+    an error naming the file and key."""
+    ours = {k: values[k] for k in CORETECH_PREDICT_KEYS if k in values}
+    for key, value in ours.items():
+        wanted = CORETECH_PREDICT_KEYS[key]
+        if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: {key} must be a {wanted.__name__}, got {value!r}")
+    return {k: v for k, v in values.items() if k not in ours}, ours

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
-from coretech.config import ConfigError, check_value
+from coretech.config import ConfigError, check_value, split_coretech_keys
 from coretech.data.dataset_info import dataset_file_inside
 from coretech.errors import CoreTechError
 from coretech.launch import whitespace_problem
@@ -122,8 +122,6 @@ def check_llamafactory_config(
 
     problems: list[Problem] = []
     if config.get("do_predict"):
-        from coretech.infer.recipe import split_coretech_keys
-
         # A predict recipe may carry CoreTech's own keys (constrain_codes, ...): not LLaMA-Factory's to judge.
         try:
             config = split_coretech_keys(config, str(recipe) if recipe else "config")[0]

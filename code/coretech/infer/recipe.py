@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coretech.config import ConfigError, load_yaml, repo_root_of
+from coretech.config import ConfigError, load_yaml, repo_root_of, split_coretech_keys
 from coretech.config import parse_overrides as config_overrides
 from coretech.errors import CoreTechError
 from coretech.log import get_logger
@@ -29,23 +29,6 @@ if TYPE_CHECKING:
 
 # LLaMA-Factory's default for per_device_eval_batch_size (transformers' TrainingArguments default).
 _DEFAULT_EVAL_BATCH_SIZE = 8
-# CoreTech's own predict-recipe keys (grounded answers, docs/inference.md) and their types; they are
-# taken out of the recipe before LLaMA-Factory's key check and parser see it.
-CORETECH_PREDICT_KEYS: dict[str, type] = {
-    "constrain_codes": bool,  # IPC codes only from the scheme (coretech.infer.constrain)
-    "retrieval_k": int,  # codes a retrieval answer lists (coretech.ground)
-}
-
-
-def split_coretech_keys(values: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(LLaMA-Factory's keys, CoreTech's predict keys) of a recipe; a CoreTech key of the wrong type is
-    an error naming the file and key."""
-    ours = {k: values[k] for k in CORETECH_PREDICT_KEYS if k in values}
-    for key, value in ours.items():
-        wanted = CORETECH_PREDICT_KEYS[key]
-        if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}: {key} must be a {wanted.__name__}, got {value!r}")
-    return {k: v for k, v in values.items() if k not in ours}, ours
 
 
 def _init_fields(cls: type) -> set[str]:
