@@ -141,9 +141,6 @@ class ModelScorer:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from coretech.models import check_model_reference
-
-        check_model_reference(str(model_path), "difficulty model")  # never a hub lookup for a local path
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         # bfloat16 weights (not autocast, which re-casts every weight on every call): on CPUs with
@@ -286,9 +283,13 @@ def score_difficulty(settings: DifficultySettings, train: list[SftRecord]) -> di
     scorer = None
     started = time.perf_counter()
     if settings.model is not None:
+        from coretech.errors import CoreTechError
+        from coretech.models import check_model_reference
+
         try:
+            check_model_reference(str(settings.model), "difficulty model")  # a local path: never a hub lookup
             scorer = ModelScorer(settings.model, max_length=settings.max_length, dtype=settings.dtype)
-        except (OSError, ValueError) as exc:  # missing folder, uncached hub id, invalid repo name
+        except (OSError, ValueError, CoreTechError) as exc:  # missing folder, uncached hub id, invalid repo name
             raise ConfigError(
                 f"difficulty.model: cannot load {settings.model!r} as a model folder or cached hub model "
                 f"({str(exc).splitlines()[0]}); for the embedded model run `coretech prepare model` first"
