@@ -324,16 +324,22 @@ def test_a_changed_override_reruns_that_stage_and_every_later_one_and_says_what_
     assert "lora_rank: 8" in (run_dir / "sft_stage2" / "config.planned.yaml").read_text()
 
 
-def test_replacing_a_raw_file_a_glob_matches_reruns_prepare(tmp_path, capsys):
+def glob_prepare_settings(tmp_path: Path, tokenizer: str) -> tuple[Path, dict]:
+    """The demo's CPT settings with its patents read through a glob over a copy of the samples in ``raw/``."""
     raw = tmp_path / "raw"
     raw.mkdir()
     for name in ("patents_google.jsonl", "patents_flat.jsonl"):
         shutil.copy(REPO / "data" / "samples" / name, raw / name)
     settings = yaml.safe_load((REPO / "configs" / "smollm2-135m" / "prepare_cpt.yaml").read_text())
     settings["patents"]["files"] = [str(raw / "*.jsonl")]
-    settings["tokenizer"] = str(REPO / settings["tokenizer"])
+    settings["tokenizer"] = tokenizer
     settings["ipc_scheme"] = [str(REPO / p) for p in settings["ipc_scheme"]]
     settings["general"]["files"] = [str(REPO / p) for p in settings["general"]["files"]]
+    return raw, settings
+
+
+def test_replacing_a_raw_file_a_glob_matches_reruns_prepare(tmp_path, capsys):
+    raw, settings = glob_prepare_settings(tmp_path, str(REPO / "models" / "smollm2-135m-instruct"))
     data = demo_data()
     data["data"]["cpt"] = str(write_yaml(tmp_path / "prepare_cpt.yaml", settings))
     pipeline = write_yaml(tmp_path / "p.yaml", data)
@@ -479,15 +485,7 @@ def test_a_new_raw_export_under_a_glob_reruns_prepare_and_every_later_stage(tmp_
     """For real: prepare runs twice in-process; training is stood in for, its plan is what is checked."""
     from coretech.pipeline.runner import plan_step, run_step
 
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    for name in ("patents_google.jsonl", "patents_flat.jsonl"):
-        shutil.copy(REPO / "data" / "samples" / name, raw / name)
-    settings = yaml.safe_load((REPO / "configs" / "smollm2-135m" / "prepare_cpt.yaml").read_text())
-    settings["patents"]["files"] = [str(raw / "*.jsonl")]
-    settings["tokenizer"] = str(embedded_model)
-    settings["ipc_scheme"] = [str(REPO / p) for p in settings["ipc_scheme"]]
-    settings["general"]["files"] = [str(REPO / p) for p in settings["general"]["files"]]
+    raw, settings = glob_prepare_settings(tmp_path, str(embedded_model))
     cpt_recipe = str(REPO / "configs" / "smollm2-135m" / "cpt.yaml")
     pipeline = write_yaml(
         tmp_path / "glob.yaml",
