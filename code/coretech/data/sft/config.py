@@ -67,7 +67,7 @@ class DifficultySettings:
     rule_weights: dict[str, float] = field(default_factory=lambda: {"items": 1.0, "depth": 1.0, "tokens": 1.0})
     batch_size: int = 8
     max_length: int = 384
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 where the hardware has it (ModelScorer)
 
     def check(self) -> None:
         if not 0 <= self.model_weight <= 1:

@@ -129,6 +129,27 @@ def rule_scores(
 ModelMetric = Literal["loss", "ifd"]
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (AMX or AVX512-BF16). Without it PyTorch emulates
+    bfloat16 and the demo's difficulty pass took 2.8x as long as in float32 (docs/benchmarks.md)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(dtype: str) -> str:
+    """``auto``: bfloat16 on a GPU that supports it or a CPU with native bfloat16, float32 elsewhere."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if cpu_has_bf16() else "float32"
+
+
 class ModelScorer:
     """Per-sample answer loss (and IFD) with a real causal LM, batched, on CPU or GPU.
 
@@ -137,7 +158,7 @@ class ModelScorer:
     questions share their answer, which halves the cost on our data.
     """
 
-    def __init__(self, model_path: str | Path, max_length: int = 384, dtype: str = "float32") -> None:
+    def __init__(self, model_path: str | Path, max_length: int = 384, dtype: str = "auto") -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -145,7 +166,8 @@ class ModelScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         # bfloat16 weights (not autocast, which re-casts every weight on every call): on CPUs with
         # AMX/AVX512-BF16 faster than float32, with per-answer losses within ~2%.
-        torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+        self.dtype = resolve_dtype(dtype)
+        torch_dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch_dtype).eval()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
@@ -330,6 +352,7 @@ def score_difficulty(settings: DifficultySettings, train: list[SftRecord]) -> di
         "description": description,
         "metric": settings.metric if scorer else None,
         "model": settings.model if scorer else None,
+        "dtype": scorer.dtype if scorer else None,
         "model_weight": weight,
         "model_scored": len(set(keys)),
         "rule_weights": settings.rule_weights,
