@@ -159,14 +159,25 @@ def test_every_dataset_a_recipe_names_is_produced_by_the_prepare_step(path: Path
         assert set(spec.predict.datasets) <= produced
 
 
-def test_demo_datasets_exist_in_the_dataset_info_the_prepare_step_writes(prepared_demo_data: Path):
+def test_demo_datasets_exist_in_the_dataset_info_the_prepare_steps_write(prepared_demo_data: Path, tmp_path: Path):
+    """prepare, then prepare.rag (the demo sets data.rag): together they write every planned dataset."""
     import json
+    import shutil
 
-    info = json.loads((prepared_demo_data / "dataset_info.json").read_text(encoding="utf-8"))
+    from coretech.ground.rag import build_rag_datasets
+    from coretech.ipc import load_scheme
+
+    data = tmp_path / "data"
+    shutil.copytree(prepared_demo_data, data)
     spec = load_pipeline("configs/pipelines/demo.yaml").spec
-    assert planned_datasets(spec, load_prepare_settings(spec)) <= set(info)
+    assert spec.data.rag is not None and spec.evaluate is not None
+    build_rag_datasets(data, spec.data.rag.k, load_scheme(spec.evaluate.scheme))
+    info = json.loads((data / "dataset_info.json").read_text(encoding="utf-8"))
+    planned = planned_datasets(spec, load_prepare_settings(spec))
+    assert "coretech_sft_shuffled_rag" in planned
+    assert planned <= set(info)
     for name, entry in info.items():
-        assert (prepared_demo_data / entry["file_name"]).exists(), f"{name}: {entry['file_name']} missing"
+        assert (data / entry["file_name"]).exists(), f"{name}: {entry['file_name']} missing"
 
 
 _PATH_IN_README = re.compile(r"`((?:configs|data|code|tests|benchmarks|docs|\.ci)/[^`\s*]+?)`")

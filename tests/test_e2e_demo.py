@@ -18,8 +18,9 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ["cpt", "sft_stage1", "sft_stage2", "sft_stage3", "sft_shuffled"]
+STAGES = ["cpt", "sft_stage1", "sft_stage2", "sft_stage3", "sft_shuffled", "sft_rag"]
 ROWS = ["base", "retrieval", "cpt", "sft_stage1", "sft_stage2", "sft_stage3", "sft_stage3_constrained", "sft_shuffled"]
+ROWS.append("sft_rag")  # trained and asked with retrieved candidates in the question
 TEST_SETS = ["coretech_sft_test", "coretech_sft_test_phrasing"]
 BUDGET = ["train.max_steps=2", "train.save_steps=1000", "predict.max_samples=6"]
 
@@ -64,7 +65,7 @@ def test_stages_are_chained_and_the_ablation_matches_the_curriculum_steps(demo_r
     run_dir, _ = demo_run
     manifest = json.loads((run_dir / "manifest.json").read_text())
     stages = manifest["stages"]
-    assert [stages[s]["global_step"] for s in STAGES] == [2, 2, 2, 2, 6]
+    assert [stages[s]["global_step"] for s in STAGES] == [2, 2, 2, 2, 6, 6]
     s2 = (run_dir / "sft_stage2" / "config.yaml").read_text()
     assert f"adapter_name_or_path: {run_dir / 'sft_stage1' / 'output'}" in s2
     assert f"model_name_or_path: {run_dir / 'cpt' / 'merged'}" in s2
@@ -96,6 +97,14 @@ def test_metrics_table_has_a_row_per_model_with_the_contract_keys(demo_run):
     assert "## Metrics: `coretech_sft_test`" in report and "## Metrics: `coretech_sft_test_phrasing`" in report
     assert "Test set: unseen subjects" in report and "Test set: seen subjects asked in phrasings" in report
     assert "sft_shuffled" in report and "f1_by_level.png" in report
+    # the RAG variant: trained on the _rag data, asked the _rag test sets, its candidates' recall in the report
+    assert "dataset: coretech_sft_shuffled_rag" in (run_dir / "sft_rag" / "config.yaml").read_text()
+    for dataset in TEST_SETS:
+        asked = json.loads(
+            (run_dir / "predict" / dataset / "sft_rag" / "generated_predictions.jsonl.meta.json").read_text()
+        )
+        assert asked["dataset"] == f"{dataset}_rag", asked
+    assert "## Retrieval-augmented datasets" in report and "`sft_rag` asked with the top 5 retrieved codes" in report
     for name in ROWS:
         assert name in result.stdout  # the table is printed in the terminal
 

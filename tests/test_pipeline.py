@@ -15,14 +15,14 @@ from coretech.errors import CoreTechError
 from coretech.pipeline import load_pipeline, preflight, resolve_recipe, resolve_stages
 from coretech.pipeline.context import RunContext
 from coretech.pipeline.runner import move_aside
-from coretech.pipeline.steps import EvaluateStep, PredictStep, build_steps
+from coretech.pipeline.steps import EvaluateStep, PredictStep, RagStep, build_steps
 from coretech.pipeline.training import MergeStep, TrainStep
 from coretech.preflight import PreflightFailed
 from coretech.runs import Manifest, fingerprint_parts, relative_paths, resolve_run_model
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "configs" / "pipelines" / "demo.yaml"
-STAGES = ["cpt", "sft_stage1", "sft_stage2", "sft_stage3", "sft_shuffled"]
+STAGES = ["cpt", "sft_stage1", "sft_stage2", "sft_stage3", "sft_shuffled", "sft_rag"]
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -38,7 +38,7 @@ def demo_data() -> dict:
         stage["recipe"] = str(REPO / stage["recipe"])
         if stage.get("merge"):
             stage["merge"] = str(REPO / stage["merge"])
-    data["data"] = {k: str(REPO / v) for k, v in data["data"].items()}
+    data["data"] = {k: v if isinstance(v, dict) else str(REPO / v) for k, v in data["data"].items()}
     data["predict"]["recipe"] = str(REPO / data["predict"]["recipe"])
     data["evaluate"]["scheme"] = [str(REPO / p) for p in data["evaluate"]["scheme"]]
     data["base_model"] = str(REPO / data["base_model"])
@@ -104,7 +104,7 @@ def test_paths_resolve_against_the_repository_of_the_pipeline_not_the_current_di
 
 def test_the_run_model_is_the_end_of_the_main_chain_never_the_ablation():
     spec = load_pipeline(DEMO).spec
-    assert spec.stages[-1].name == "sft_shuffled"
+    assert [s.name for s in spec.stages[-2:]] == ["sft_shuffled", "sft_rag"]  # both match the curriculum's steps
     assert spec.final_stage == "sft_stage3"
 
 
@@ -147,7 +147,7 @@ def test_demo_predicts_both_test_sets_with_the_retrieval_and_constrained_rows(tm
     ctx = RunContext(loaded, run_dir, Manifest(run_dir / "manifest.json"), loaded.spec.launch, dry_run=True)
     steps = build_steps(ctx, resolve_stages(loaded, run_dir))
     rows = ["base", "retrieval", "cpt", "sft_stage1", "sft_stage2", "sft_stage3", "sft_stage3_constrained"]
-    rows.append("sft_shuffled")
+    rows += ["sft_shuffled", "sft_rag"]
     expected = [f"predict.{d}.{m}" for d in sets for m in rows]
     assert [s.name for s in steps if isinstance(s, PredictStep)] == expected
     constrained = next(s for s in steps if s.name == "predict.coretech_sft_test.sft_stage3_constrained")
@@ -155,7 +155,14 @@ def test_demo_predicts_both_test_sets_with_the_retrieval_and_constrained_rows(tm
     assert next(s for s in steps if s.name.endswith(".retrieval")).row.backend == "retrieval"
     assert steps[0].name == "prepare" and steps[-1].name == f"evaluate.{sets[-1]}"
     assert [s.name for s in steps if isinstance(s, EvaluateStep)] == [f"evaluate.{d}" for d in sets]
-    assert [type(s) for s in steps[1:3]] == [TrainStep, MergeStep]
+    assert [type(s) for s in steps[1:4]] == [RagStep, TrainStep, MergeStep]
+    rag = next(s for s in steps if s.name == "predict.coretech_sft_test_phrasing.sft_rag")
+    assert rag.source == "coretech_sft_test_phrasing_rag" and rag.row.model == "sft_rag"  # asked with candidates
+    assert (
+        rag.out_file == run_dir / "predict" / "coretech_sft_test_phrasing" / "sft_rag" / "generated_predictions.jsonl"
+    )
+    evaluate = next(s for s in steps if s.name == "evaluate.coretech_sft_test_phrasing")
+    assert evaluate.predictions["sft_rag"] == rag.out_file  # scored beside the plain rows of the same test set
 
 
 def test_stages_chain_each_from_the_previous_result(tmp_path):
@@ -283,6 +290,9 @@ def finish_without_training(pipeline: Path, run_dir: Path, overrides: list[str])
         if isinstance(step, EvaluateStep):
             step.out_dir.mkdir(parents=True, exist_ok=True)
             step.metrics_file.write_text("{}")
+        if isinstance(step, RagStep):
+            (run_dir / "data" / "sft" / "rag").mkdir(parents=True, exist_ok=True)
+            (run_dir / "data" / "sft" / "rag" / "rag.json").write_text("{}")
         ctx.manifest.record(step.section, step.name, {"status": "done", "fingerprint": fp, "parts": parts})
 
 
@@ -297,7 +307,7 @@ def test_a_copied_run_folder_plans_no_training(tmp_path, capsys):
     shutil.copytree(tmp_path / "runs" / "demo", copy)
     assert main(["run", str(DEMO), "--run-dir", str(copy), "--dry-run", *overrides]) == 0
     plans = plan_lines(capsys.readouterr().out)
-    assert len(plans) == 1 + 5 + 1 + 2 * 8 + 2  # prepare, 5 stages, a merge, 8 rows × 2 test sets, 2 evaluates
+    assert len(plans) == 2 + 6 + 1 + 2 * 9 + 2  # prepare (+ rag), 6 stages, a merge, 9 rows × 2 test sets, 2 evaluates
     assert all(plan.startswith("skip") for plan in plans.values()), plans
 
 
@@ -449,8 +459,8 @@ def test_dry_run_prints_each_stage_environment_and_command_and_launches_nothing(
         assert not (tmp_path / "run" / stage / "output").exists()
         assert plan_lines(out)[f"{stage} (train)"] == "run (not run yet)"
     assert "--- cpt (export)" in out
-    assert out.count("export FORCE_TORCHRUN=1") == 5
-    assert out.count("export NPROC_PER_NODE=2") == 5
+    assert out.count("export FORCE_TORCHRUN=1") == len(STAGES)
+    assert out.count("export NPROC_PER_NODE=2") == len(STAGES)
     assert not (tmp_path / "run" / "manifest.json").exists()
 
 

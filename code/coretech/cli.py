@@ -61,7 +61,11 @@ def _add_prepare_parser(sub: argparse._SubParsersAction) -> None:
     rag.add_argument("--dataset-dir", type=Path, required=True, help="the prepared folder (has dataset_info.json)")
     rag.add_argument("--k", type=int, default=10, help="candidate codes per IPC_TASK question (default 10)")
     rag.add_argument(
-        "--scheme", type=Path, action="append", default=None, help="IPC scheme file(s) (default: data/samples')"
+        "--scheme",
+        type=Path,
+        action="append",
+        default=None,
+        help="an IPC scheme file, repeatable (default: the built-in full WIPO scheme)",
     )
     rag.set_defaults(handler=_prepare_rag)
 

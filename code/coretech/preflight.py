@@ -205,7 +205,8 @@ def check_datasets(names: list[str], dataset_dir: Path, where: str, planned: set
         entry = info.get(name)
         if entry is None:
             known = ", ".join(sorted(set(info) | planned)) or "none"
-            problems.append(Problem(where, f"dataset {name!r} is not in {info_path} (known: {known})"))
+            hint = "; data.rag in the pipeline writes the _rag variants" if name.endswith("_rag") else ""
+            problems.append(Problem(where, f"dataset {name!r} is not in {info_path} (known: {known}){hint}"))
             continue
         file_name = entry.get("file_name")
         if not file_name:

@@ -70,6 +70,9 @@ def write_report(ctx: RunContext, wall_seconds: float) -> Path:
     for key, title in (("cpt", "CPT corpus"), ("sft", "SFT datasets")):
         if prepare.get(key):
             lines += ["", f"## {title}", "", demote_headings(prepare[key].strip(), to_level=3)]
+    rag = ctx.manifest.entry("steps", "prepare.rag")
+    if rag.get("rag"):
+        lines += ["", "## Retrieval-augmented datasets", "", demote_headings(rag["rag"].strip(), to_level=3)]
     by_set = metrics_by_test_set(ctx)
     if by_set:
         from coretech.eval.report import metrics_table_markdown
@@ -80,6 +83,7 @@ def write_report(ctx: RunContext, wall_seconds: float) -> Path:
             if dataset in TEST_SETS:
                 lines += [f"Test set: {TEST_SETS[dataset]}.", ""]
             lines += [metrics_table_markdown(metrics).strip(), ""]
+            lines += _rag_evidence(ctx, dataset, metrics)
             lines += _zero_evidence(metrics)
             chart = Path("eval") / (dataset if several else "") / "f1_by_level.png"
             if (ctx.run_dir / chart).is_file():
@@ -102,6 +106,23 @@ TEST_SETS = {
 }
 
 
+def _rag_evidence(ctx: RunContext, dataset: str, metrics: dict[str, dict]) -> list[str]:
+    """For rows asked with retrieved candidates: how many of the gold codes the candidates held, so a low
+    F1 can be traced to the retriever (low recall) or to the model (high recall, low F1)."""
+    rows = [m.name for m in ctx.spec.predict.entries if m.rag and m.name in metrics] if ctx.spec.predict else []
+    entry = ctx.manifest.entry("steps", "prepare.rag")
+    recall = (entry.get("recall") or {}).get(dataset)
+    if not rows or not recall:
+        return []
+    codes, subclasses = ("–" if r is None else f"{r:.3f}" for r in recall)
+    return [
+        f"{', '.join(f'`{r}`' for r in rows)} asked with the top {entry.get('k')} retrieved codes in each IPC "
+        f"question: they hold {codes} of the gold codes ({subclasses} of the gold subclasses), "
+        f"an answer that only copies candidates reaches at most that recall.",
+        "",
+    ]
+
+
 def _zero_evidence(metrics: dict[str, dict]) -> list[str]:
     """Where IPC subclass F1 is 0 or undefined, the evidence why: no code written at all, or codes not in the
     scheme, or valid codes that are not the reference's."""
@@ -121,7 +142,11 @@ def _zero_evidence(metrics: dict[str, dict]) -> list[str]:
 def _curriculum_comparison(ctx: RunContext, metrics: dict[str, dict]) -> list[str]:
     """One line per key metric: the main chain's final stage against the ablation (a match_steps stage)."""
     ablations = [s.name for s in ctx.spec.stages if s.match_steps]
-    rows = {m.model: m.name for m in ctx.spec.predict.entries} if ctx.spec.predict else {}
+    # a stage's plain row: the one named after it (sft_stage3, not sft_stage3_constrained), else its first row
+    rows: dict[str, str] = {}
+    for m in ctx.spec.predict.entries if ctx.spec.predict else []:
+        if m.name == m.model or m.model not in rows:
+            rows[m.model] = m.name
     last, ablation = rows.get(ctx.spec.final_stage or ""), next((rows[a] for a in ablations if a in rows), None)
     if not last or not ablation or last not in metrics or ablation not in metrics:
         return []

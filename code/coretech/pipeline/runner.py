@@ -194,11 +194,12 @@ def _run(
         manifest.data["final_stage"] = spec.final_stage
         manifest.save()
     steps = build_steps(ctx, stages)
-    for step in steps:
+    for index, step in enumerate(steps):
         if not ctx.is_main_node and step.kind in ("predict", "evaluate"):
             break
         run_step(ctx, step)
-        if step.kind == "prepare" and not dry_run:
+        following = steps[index + 1].kind if index + 1 < len(steps) else None
+        if step.kind == "prepare" and following != "prepare" and not dry_run:  # all data written: check them
             preflight(loaded, stages, run_dir, after_prepare=True)
     if not ctx.is_main_node:
         log.info("worker node: training stages done; node 0 predicts and evaluates")

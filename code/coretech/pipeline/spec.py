@@ -40,9 +40,26 @@ class StageSpec:
 
 
 @dataclass
+class RagSpec:
+    """Retrieval-augmented datasets: a ``<name>_rag`` variant of every prepared SFT dataset, the top-``k``
+    candidate codes with their titles in each IPC question (``coretech.ground.rag``)."""
+
+    k: int = 10
+
+    def check(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+
+
+@dataclass
 class DataSpec:
     cpt: Path | None = None  # settings for `coretech prepare cpt`
     sft: Path | None = None  # settings for `coretech prepare sft`
+    rag: RagSpec | None = None  # also write the SFT datasets' retrieval-augmented variants
+
+    def check(self) -> None:
+        if self.rag is not None and self.sft is None:
+            raise ValueError("rag: needs sft (the retrieval-augmented datasets are variants of the SFT datasets)")
 
 
 @dataclass
@@ -53,6 +70,7 @@ class PredictModel:
     model: str = ""  # a stage name or "base"; empty: the same as ``name``
     backend: str | None = None  # None: the predict section's backend
     options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of run_prediction
+    rag: bool = False  # ask the test set's ``_rag`` variant: retrieved candidate codes in each IPC question
 
     def check(self) -> None:
         self.model = self.model or self.name
@@ -121,6 +139,9 @@ class PipelineSpec:
             unknown = [m.model for m in self.predict.entries if m.model != "base" and m.model not in seen]
             if unknown:
                 raise ValueError(f"predict.models names {unknown[0]!r}, which is not a stage")
+            rag_rows = [m.name for m in self.predict.entries if m.rag]
+            if rag_rows and self.data.rag is None:
+                raise ValueError(f"predict.models {rag_rows[0]!r} asks with rag: true, but data.rag is not set")
         self.launch.check()
 
     def stage(self, name: str) -> StageSpec:

@@ -148,6 +148,10 @@ def planned_datasets(spec: PipelineSpec, settings: dict[str, Any]) -> set[str]:
         from coretech.data.sft import planned_dataset_names
 
         names |= set(planned_dataset_names(settings["sft"]))
+        if spec.data.rag is not None:  # the prepare.rag step adds a _rag variant of each SFT dataset
+            from coretech.ground.rag import PREFIX, SUFFIX
+
+            names |= {f"{name}{SUFFIX}" for name in names if name.startswith(PREFIX)}
     return names
 
 
@@ -188,9 +192,10 @@ def preflight(loaded: LoadedPipeline, stages: list[ResolvedStage], run_dir: Path
         predict_recipe.update(model_name_or_path=spec.base_model, dataset_dir=str(run_dir / "data"))
         predict_recipe.pop("adapter_name_or_path", None)
         problems += check_llamafactory_config(predict_recipe, spec.predict.recipe, "train")
-        problems += check_datasets(
-            spec.predict.datasets, (run_dir / "data").resolve(), f"{spec.predict.recipe} (dataset)", planned
-        )
+        asked = list(spec.predict.datasets)
+        if any(row.rag for row in spec.predict.entries):
+            asked += [f"{name}_rag" for name in spec.predict.datasets]
+        problems += check_datasets(asked, (run_dir / "data").resolve(), f"{spec.predict.recipe} (dataset)", planned)
         problems += _prediction_option_problems(spec)
         problems += _vllm_problems(spec, will_exist)
     if spec.evaluate:

@@ -81,6 +81,67 @@ class PrepareStep(Step):
         return {"seconds": round(ctx.timings["prepare"], 1), **report}
 
 
+class RagStep(Step):
+    """``<name>_rag`` variants of the prepared SFT datasets: the top-k retrieved candidate codes, with their
+    titles, in each IPC question (``coretech.ground.rag``), and the candidates' recall@k per dataset.
+
+    Like the prepared data it is rewritten, not moved aside: the stages and predictions that read the
+    variants cover them by content, so exactly those rerun when the candidates change.
+    """
+
+    name = "prepare.rag"
+    kind = "prepare"
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.data_dir = ctx.run_dir / "data"
+
+    def _sources(self) -> list[str]:
+        from coretech.data.dataset_info import read_dataset_info
+        from coretech.ground.rag import PREFIX, SUFFIX
+
+        if not (self.data_dir / "dataset_info.json").is_file():
+            return []
+        return sorted(n for n in read_dataset_info(self.data_dir) if n.startswith(PREFIX) and not n.endswith(SUFFIX))
+
+    def fingerprint_parts(self, ctx: RunContext) -> dict[str, Any]:
+        assert ctx.spec.data.rag is not None
+        scheme = ctx.spec.evaluate.scheme if ctx.spec.evaluate else []
+        return {
+            "k": ctx.spec.data.rag.k,
+            "datasets": dataset_digest(self.data_dir, self._sources()),
+            "scheme": [content_digest(Path(p)) for p in scheme] or "built-in",
+        }
+
+    def complete(self, ctx: RunContext) -> bool:
+        from coretech.data.dataset_info import read_dataset_info
+        from coretech.ground.rag import RAG_DIR, SUFFIX
+
+        if not (self.data_dir / RAG_DIR / "rag.json").is_file():
+            return False
+        info = read_dataset_info(self.data_dir)
+        variants = [info.get(f"{name}{SUFFIX}") for name in self._sources()]
+        return all(v and (self.data_dir / v.get("file_name", "")).is_file() for v in variants)
+
+    def describe(self, ctx: RunContext) -> None:
+        k = ctx.spec.data.rag.k if ctx.spec.data.rag else None
+        print(f"--- {self.name}\nin-process: coretech prepare rag --k {k} → {self.data_dir}", flush=True)
+
+    def run(self, ctx: RunContext, fp: str) -> dict[str, Any]:
+        from coretech.ground.rag import build_rag_datasets
+        from coretech.ipc import SchemeError, load_scheme
+
+        assert ctx.spec.data.rag is not None
+        started = time.monotonic()
+        try:  # the scheme the grounded rows answer from and the evaluation scores against
+            scheme = load_scheme((ctx.spec.evaluate.scheme if ctx.spec.evaluate else None) or None)
+        except SchemeError as exc:
+            raise CoreTechError(str(exc)) from None
+        report = build_rag_datasets(self.data_dir.resolve(), ctx.spec.data.rag.k, scheme)
+        ctx.timings[self.name] = time.monotonic() - started
+        recall = {name: [s.recall, s.subclass_recall] for name, s in report.datasets.items()}
+        return {"seconds": round(ctx.timings[self.name], 1), "k": report.k, "recall": recall, "rag": report.markdown()}
+
+
 class PredictStep(Step):
     """One model on one test set: ``generated_predictions.jsonl`` through ``coretech.infer.predict``."""
 
@@ -88,6 +149,8 @@ class PredictStep(Step):
 
     def __init__(self, ctx: RunContext, row: PredictModel, dataset: str, upstream: str, several: bool) -> None:
         self.row, self.dataset, self.upstream = row, dataset, upstream
+        # a RAG row asks the same questions with retrieved candidates in them: scored with the plain test set
+        self.source = f"{dataset}_rag" if row.rag else dataset
         self.name = f"predict.{dataset}.{row.name}" if several else f"predict.{row.name}"
         folder = ctx.run_dir / "predict" / (Path(dataset) / row.name if several else Path(row.name))
         self.out_file = folder / "generated_predictions.jsonl"
@@ -112,13 +175,13 @@ class PredictStep(Step):
             "model": ctx.fingerprints.get(self.upstream) if self.upstream else ctx.base_model_digest(),
             "recipe": load_yaml(spec.recipe),
             "settings": {
-                "dataset": self.dataset,
+                "dataset": self.source,
                 "backend": self.row.backend or spec.backend,
                 "max_samples": spec.max_samples,
                 "batch_size": spec.batch_size,
                 "options": self.row.options,
             },
-            "test set": dataset_digest(data_dir, [self.dataset]),
+            "test set": dataset_digest(data_dir, [self.source]),
             # the retrieval baseline also answers from the training split's (subject → codes) pairs
             "training pairs": dataset_digest(data_dir, ["coretech_sft_train"])
             if self.row.backend == "retrieval"
@@ -154,14 +217,14 @@ class PredictStep(Step):
 
         spec = ctx.spec.predict
         assert spec is not None
-        log.info("%s: %s with %s → %s", self.name, self.dataset, self.row.model, self.out_file)
+        log.info("%s: %s with %s → %s", self.name, self.source, self.row.model, self.out_file)
         # Constrained decoding and retrieval answer from the scheme the evaluate step scores against.
         options = {"scheme_files": ctx.spec.evaluate.scheme if ctx.spec.evaluate else None, **self.row.options}
         result = run_prediction(
             model=self.model,
             adapter=self.adapter,
             dataset_dir=(ctx.run_dir / "data").resolve(),
-            dataset=self.dataset,
+            dataset=self.source,
             out_file=self.out_file,
             recipe=spec.recipe,
             backend=self.row.backend or spec.backend,
@@ -169,13 +232,16 @@ class PredictStep(Step):
             batch_size=spec.batch_size,
             **options,
         )
-        ctx.timings[self.name] = result.seconds
+        # the step's time includes loading the model (or building the index); generation alone is what
+        # compares answering methods on the same model (constrained against plain decoding)
+        ctx.timings[self.name] = result.load_seconds + result.seconds
         return {
             "file": str(self.out_file.relative_to(ctx.run_dir)),
             "backend": result.backend,
             "written": result.written,
             "total": result.total,
-            "seconds": round(result.seconds, 1),
+            "seconds": round(result.load_seconds + result.seconds, 1),
+            "generation_seconds": round(result.seconds, 1),
         }
 
     def summary(self, entry: dict[str, Any]) -> str:
@@ -247,6 +313,8 @@ def build_steps(ctx: RunContext, stages: list[ResolvedStage]) -> list[Step]:
     """prepare → per stage train (and merge) → predict per model and test set → evaluate per test set."""
     ctx.stages = stages
     steps: list[Step] = [PrepareStep(ctx)]
+    if ctx.spec.data.rag is not None:
+        steps.append(RagStep(ctx))
     product: dict[str, str] = {}  # stage name → the step key of what it produced
     for stage in stages:
         start = stage.spec.start_from
