@@ -175,7 +175,8 @@ def test_evaluate_runs_writes_four_outputs_in_run_order(tmp_path: Path, scheme: 
 def test_markdown_table_has_one_row_per_run_with_ci(tmp_path: Path) -> None:
     metrics = evaluate_runs({"sft": FIXTURES / "sft_stage3.jsonl", "base": FIXTURES / "base.jsonl"}, tmp_path)
     table = metrics_table_markdown(metrics).splitlines()
-    assert table[0].startswith("| Run | n (IPC/tech) | Section F1")
+    assert [cell.strip() for cell in table[0].split("|")[1:4]] == ["Run", "n (IPC/tech)", "Section F1"]
+    assert table[1].startswith("|:---") and table[1].endswith("--:|")  # run names left, numbers right
     assert [row.split("|")[1].strip() for row in table[2:]] == ["sft", "base"]
     sft = metrics["sft"]
     assert (

@@ -16,6 +16,7 @@ from typing import Any
 from coretech.eval.metrics import CONFIDENCE
 from coretech.files import atomic_open, write_text_atomic
 from coretech.ipc import LEVELS
+from coretech.tables import markdown_table
 
 CHART_FILE = "f1_by_level.png"
 LEVEL_TITLES = {
@@ -70,9 +71,7 @@ def _table_rows(metrics: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], li
 def metrics_table_markdown(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     """The comparison table in Markdown, one row per run; F1 cells are micro F1 [95% bootstrap CI]."""
     header, rows = _table_rows(metrics)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, rows, numbers_right=True) + "\n"
 
 
 def print_metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> None:
@@ -185,31 +184,16 @@ def render_f1_chart(metrics: Mapping[str, Mapping[str, Any]], handle: Any) -> No
 def _run_details(name: str, run: Mapping[str, Any]) -> list[str]:
     lines = [f"### {name}", "", f"Source: `{run.get('source', '?')}`  "]
     lines.append(f"Lines scored: n = {run['n']} (IPC {run['n_ipc']}, key technologies {run['n_tech']})")
-    lines += [
-        "",
-        "| Level | n | P | R | F1 | macro P | macro R | macro F1 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    measures = ("precision", "recall", "f1", "macro_precision", "macro_recall", "macro_f1")
+    rows = [
+        [LEVEL_TITLES[level], run.get(f"ipc.{level}.n"), *(_number(run.get(f"ipc.{level}.{m}")) for m in measures)]
+        for level in LEVELS
     ]
-    for level in LEVELS:
-        prefix = f"ipc.{level}"
-        lines.append(
-            f"| {LEVEL_TITLES[level]} | {run.get(prefix + '.n')} | "
-            + " | ".join(
-                _number(run.get(f"{prefix}.{key}"))
-                for key in ("precision", "recall", "f1", "macro_precision", "macro_recall", "macro_f1")
-            )
-            + " |"
-        )
+    scored_tech = run.get("tech.n") - run.get("tech.n_unscored", 0)
     for prefix, label in (("tech", "Key tech (exact)"), ("tech.fuzzy", "Key tech (fuzzy)")):
-        lines.append(
-            f"| {label} | {run.get('tech.n') - run.get('tech.n_unscored', 0)} | "
-            + " | ".join(
-                _number(run.get(f"{prefix}.{key}"))
-                for key in ("precision", "recall", "f1", "macro_precision", "macro_recall", "macro_f1")
-            )
-            + " |"
-        )
-    lines.append("")
+        rows.append([label, scored_tech, *(_number(run.get(f"{prefix}.{m}")) for m in measures)])
+    header = ["Level", "n", "P", "R", "F1", "macro P", "macro R", "macro F1"]
+    lines += ["", markdown_table(header, rows, numbers_right=True), ""]
     notes = []
     if run.get("n_cut"):
         notes.append(
