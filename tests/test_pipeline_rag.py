@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from coretech.config import ConfigError
 from coretech.pipeline import load_pipeline, preflight, resolve_stages
@@ -16,29 +15,8 @@ from coretech.pipeline.report import _rag_evidence
 from coretech.pipeline.steps import RagStep, build_steps
 from coretech.preflight import PreflightFailed
 from coretech.runs import Manifest, fingerprint_parts
-
-REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "configs" / "pipelines" / "demo.yaml"
-
-
-def demo_data() -> dict:
-    """The demo pipeline with absolute repository paths, to be written anywhere."""
-    data = yaml.safe_load(DEMO.read_text())
-    for stage in data["stages"]:
-        stage["recipe"] = str(REPO / stage["recipe"])
-        if stage.get("merge"):
-            stage["merge"] = str(REPO / stage["merge"])
-    data["data"] = {k: v if isinstance(v, dict) else str(REPO / v) for k, v in data["data"].items()}
-    data["predict"]["recipe"] = str(REPO / data["predict"]["recipe"])
-    data["evaluate"]["scheme"] = [str(REPO / p) for p in data["evaluate"]["scheme"]]
-    data["base_model"] = str(REPO / data["base_model"])
-    return data
-
-
-def write_pipeline(path: Path, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return path
+from test_pipeline import demo_data  # the demo pipeline with absolute paths (tests/ is on sys.path)
+from test_pipeline import write_yaml as write_pipeline
 
 
 def rag_context(tmp_path: Path, prepared: Path, data: dict | None = None) -> tuple[RunContext, RagStep]:
