@@ -126,7 +126,7 @@ def planned(run_dir: Path) -> dict[str, str]:
 def test_after_the_run_a_dry_run_plans_no_work(demo_run):
     run_dir, _ = demo_run
     plan = planned(run_dir)
-    assert len(plan) == 2 + 6 + 1 + 2 * 9 + 2  # prepare (+ rag), six stages, the merge, 9 rows × 2 test sets, 2 evaluates
+    assert len(plan) == 2 + 6 + 1 + 2 * 9 + 2  # prepare (+ rag), six stages, a merge, 9 rows × 2 sets, 2 evaluates
     assert all(action.startswith("skip") for action in plan.values()), plan
 
 
