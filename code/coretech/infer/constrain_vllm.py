@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coretech.infer.constrain import AnswerTracker, CodeAutomaton, TokenConstraint, constrain_row, trim_unfinished_code
-from coretech.infer.vllm import VllmGenerator, build_engine_kwargs, build_sampling_kwargs
+from coretech.infer.vllm import VllmGenerator, build_sampling_kwargs
 
 if TYPE_CHECKING:
     from llamafactory.data.template import Template
@@ -97,21 +97,15 @@ class ConstrainedVllmGenerator(VllmGenerator):
         generating_args: GeneratingArguments,
         codes: CodeAutomaton,
     ) -> None:
-        import torch
-        import vllm
-        from vllm.lora.request import LoRARequest
-
-        engine = build_engine_kwargs(model_args, torch.cuda.device_count())
-        engine["logits_processors"] = [*engine.get("logits_processors", []), PROCESSOR]
-        self.llm = vllm.LLM(**engine)
-        stop_token_ids = template.get_stop_token_ids(tokenizer)
-        self.codes_file = write_codes_file(codes)
         self.codes = codes
-        self.sampling = vllm.SamplingParams(
-            **constrained_sampling_kwargs(generating_args, stop_token_ids, self.codes_file)
-        )
-        adapters = model_args.adapter_name_or_path or []
-        self.lora = LoRARequest("default", 1, adapters[0]) if adapters else None
+        self.codes_file = write_codes_file(codes)
+        super().__init__(model_args, tokenizer, template, generating_args)
+
+    def engine_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {**kwargs, "logits_processors": [*kwargs.get("logits_processors", []), PROCESSOR]}
+
+    def sampling_kwargs(self, generating_args: GeneratingArguments, stop_token_ids: list[int]) -> dict[str, Any]:
+        return constrained_sampling_kwargs(generating_args, stop_token_ids, self.codes_file)
 
     def generate(self, batch: list[list[int]]) -> list[str]:
         # A code cut off by max_tokens would be read as a shorter code that may not exist.

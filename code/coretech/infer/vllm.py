@@ -155,11 +155,19 @@ class VllmGenerator:
         import vllm
         from vllm.lora.request import LoRARequest
 
-        self.llm = vllm.LLM(**build_engine_kwargs(model_args, torch.cuda.device_count()))
+        self.llm = vllm.LLM(**self.engine_kwargs(build_engine_kwargs(model_args, torch.cuda.device_count())))
         stop_token_ids = template.get_stop_token_ids(tokenizer)
-        self.sampling = vllm.SamplingParams(**build_sampling_kwargs(generating_args, stop_token_ids))
+        self.sampling = vllm.SamplingParams(**self.sampling_kwargs(generating_args, stop_token_ids))
         adapters = model_args.adapter_name_or_path or []
         self.lora = LoRARequest("default", 1, adapters[0]) if adapters else None
+
+    def engine_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``vllm.LLM`` keywords; a subclass adds its own (the constrained backend its logits processor)."""
+        return kwargs
+
+    def sampling_kwargs(self, generating_args: GeneratingArguments, stop_token_ids: list[int]) -> dict[str, Any]:
+        """``SamplingParams`` keywords; a subclass adds its own per-request settings."""
+        return build_sampling_kwargs(generating_args, stop_token_ids)
 
     def generate(self, batch: list[list[int]]) -> list[str]:
         prompts = [{"prompt_token_ids": ids} for ids in batch]
