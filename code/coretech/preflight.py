@@ -28,6 +28,7 @@ from typing import Any, Literal, get_type_hints
 from coretech.config import ConfigError, check_value, split_coretech_keys
 from coretech.data.dataset_info import dataset_file_inside
 from coretech.errors import CoreTechError
+from coretech.ground import RAG_SUFFIX
 from coretech.launch import whitespace_problem
 
 # LLaMA-Factory resolves these as local paths when they exist, otherwise as hub ids.
@@ -205,7 +206,7 @@ def check_datasets(names: list[str], dataset_dir: Path, where: str, planned: set
         entry = info.get(name)
         if entry is None:
             known = ", ".join(sorted(set(info) | planned)) or "none"
-            hint = "; data.rag in the pipeline writes the _rag variants" if name.endswith("_rag") else ""
+            hint = f"; data.rag in the pipeline writes the {RAG_SUFFIX} variants" if name.endswith(RAG_SUFFIX) else ""
             problems.append(Problem(where, f"dataset {name!r} is not in {info_path} (known: {known}){hint}"))
             continue
         file_name = entry.get("file_name")

@@ -25,6 +25,7 @@ from coretech.data.dataset_info import alpaca_entry, read_dataset_info, register
 from coretech.data.records import SkipLog, iter_records
 from coretech.errors import CoreTechError
 from coretech.files import write_json_atomic, write_text_atomic
+from coretech.ground import RAG_DIR, RAG_SUFFIX, SFT_PREFIX, has_rag_variant, rag_variant
 from coretech.ground.answer import TRAIN_DATASET
 from coretech.ground.index import CodeIndex
 from coretech.ipc import IpcScheme, extract_ipc_codes
@@ -32,9 +33,6 @@ from coretech.log import get_logger
 from coretech.tables import markdown_table
 
 log = get_logger(__name__)
-PREFIX = "coretech_sft_"
-SUFFIX = "_rag"
-RAG_DIR = "sft/rag"
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 _BLOCK_HEADER = {
     "zh": "检索到的候选IPC分类号（供参考，可能不全）：",
@@ -87,7 +85,7 @@ class RagReport:
 
         rows = [
             [
-                f"{name}{SUFFIX}",
+                rag_variant(name),
                 s.records,
                 s.ipc_records,
                 s.gold_codes,
@@ -104,7 +102,7 @@ class RagReport:
             "Training questions' candidates leave their own subject out."
         )
         for name, reason in self.skipped.items():
-            lines.append(f"- {name}: no {SUFFIX} variant ({reason})")
+            lines.append(f"- {name}: no {RAG_SUFFIX} variant ({reason})")
         if self.codes_not_in_scheme:
             lines.append(
                 f"- {len(self.codes_not_in_scheme)} training codes are not in the IPC scheme: never candidates"
@@ -163,7 +161,7 @@ def build_rag_datasets(dataset_dir: Path, k: int, scheme: IpcScheme) -> RagRepor
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = {}
     for name, entry in sorted(info.items()):
-        if not name.startswith(PREFIX) or name.endswith(SUFFIX):
+        if not has_rag_variant(name):
             continue
         if entry.get("formatting", "alpaca") != "alpaca" or "file_name" not in entry:
             report.skipped[name] = "not a local alpaca dataset"
@@ -186,13 +184,13 @@ def build_rag_datasets(dataset_dir: Path, k: int, scheme: IpcScheme) -> RagRepor
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
         file_name = f"{RAG_DIR}/{name}.jsonl"
         write_text_atomic(dataset_dir / file_name, "".join(lines))
-        entries[f"{name}{SUFFIX}"] = alpaca_entry(file_name)
+        entries[rag_variant(name)] = alpaca_entry(file_name)
     if not entries:
-        raise CoreTechError(f"{dataset_dir / 'dataset_info.json'}: no {PREFIX}* dataset to augment")
+        raise CoreTechError(f"{dataset_dir / 'dataset_info.json'}: no {SFT_PREFIX}* dataset to augment")
     register_datasets(dataset_dir, entries)
     if skips.counts:
         report.skipped.update({f"records: {reason}": str(n) for reason, n in skips.counts.items()})
     write_json_atomic(out_dir / "rag.json", report.as_dict())
     write_text_atomic(out_dir / "rag.md", report.markdown())
-    log.info("rag: %d datasets written to %s (registered as *%s)", len(entries), out_dir, SUFFIX)
+    log.info("rag: %d datasets written to %s (registered as *%s)", len(entries), out_dir, RAG_SUFFIX)
     return report

@@ -74,6 +74,12 @@ class PredictModel:
 
     def check(self) -> None:
         self.model = self.model or self.name
+
+    def asks(self, dataset: str) -> str:
+        """The dataset this row is asked: a RAG row asks the variant with candidates in the questions."""
+        from coretech.ground import rag_variant
+
+        return rag_variant(dataset) if self.rag else dataset
         if self.backend is not None and self.backend not in BACKENDS:
             raise ValueError(f"backend {self.backend!r} is not one of {list(BACKENDS)}")
 

@@ -149,9 +149,9 @@ def planned_datasets(spec: PipelineSpec, settings: dict[str, Any]) -> set[str]:
 
         names |= set(planned_dataset_names(settings["sft"]))
         if spec.data.rag is not None:  # the prepare.rag step adds a _rag variant of each SFT dataset
-            from coretech.ground.rag import PREFIX, SUFFIX
+            from coretech.ground import has_rag_variant, rag_variant
 
-            names |= {f"{name}{SUFFIX}" for name in names if name.startswith(PREFIX)}
+            names |= {rag_variant(name) for name in names if has_rag_variant(name)}
     return names
 
 
@@ -192,9 +192,7 @@ def preflight(loaded: LoadedPipeline, stages: list[ResolvedStage], run_dir: Path
         predict_recipe.update(model_name_or_path=spec.base_model, dataset_dir=str(run_dir / "data"))
         predict_recipe.pop("adapter_name_or_path", None)
         problems += check_llamafactory_config(predict_recipe, spec.predict.recipe, "train")
-        asked = list(spec.predict.datasets)
-        if any(row.rag for row in spec.predict.entries):
-            asked += [f"{name}_rag" for name in spec.predict.datasets]
+        asked = list(dict.fromkeys(row.asks(d) for d in spec.predict.datasets for row in spec.predict.entries))
         problems += check_datasets(asked, (run_dir / "data").resolve(), f"{spec.predict.recipe} (dataset)", planned)
         problems += _prediction_option_problems(spec)
         problems += _vllm_problems(spec, will_exist)

@@ -96,12 +96,11 @@ class RagStep(Step):
         self.data_dir = ctx.run_dir / "data"
 
     def _sources(self) -> list[str]:
+        """The prepared datasets that get a variant, as registered now (none before prepare ran)."""
         from coretech.data.dataset_info import read_dataset_info
-        from coretech.ground.rag import PREFIX, SUFFIX
+        from coretech.ground import has_rag_variant
 
-        if not (self.data_dir / "dataset_info.json").is_file():
-            return []
-        return sorted(n for n in read_dataset_info(self.data_dir) if n.startswith(PREFIX) and not n.endswith(SUFFIX))
+        return sorted(n for n in read_dataset_info(self.data_dir) if has_rag_variant(n))
 
     def fingerprint_parts(self, ctx: RunContext) -> dict[str, Any]:
         assert ctx.spec.data.rag is not None
@@ -114,12 +113,12 @@ class RagStep(Step):
 
     def complete(self, ctx: RunContext) -> bool:
         from coretech.data.dataset_info import read_dataset_info
-        from coretech.ground.rag import RAG_DIR, SUFFIX
+        from coretech.ground import RAG_DIR, has_rag_variant, rag_variant
 
         if not (self.data_dir / RAG_DIR / "rag.json").is_file():
             return False
         info = read_dataset_info(self.data_dir)
-        variants = [info.get(f"{name}{SUFFIX}") for name in self._sources()]
+        variants = [info.get(rag_variant(name)) for name in info if has_rag_variant(name)]
         return all(v and (self.data_dir / v.get("file_name", "")).is_file() for v in variants)
 
     def describe(self, ctx: RunContext) -> None:
@@ -150,7 +149,7 @@ class PredictStep(Step):
     def __init__(self, ctx: RunContext, row: PredictModel, dataset: str, upstream: str, several: bool) -> None:
         self.row, self.dataset, self.upstream = row, dataset, upstream
         # a RAG row asks the same questions with retrieved candidates in them: scored with the plain test set
-        self.source = f"{dataset}_rag" if row.rag else dataset
+        self.source = row.asks(dataset)
         self.name = f"predict.{dataset}.{row.name}" if several else f"predict.{row.name}"
         folder = ctx.run_dir / "predict" / (Path(dataset) / row.name if several else Path(row.name))
         self.out_file = folder / "generated_predictions.jsonl"
